@@ -1,0 +1,1 @@
+"""Command-line entry point: dispatches to the offline (training) and online (service) parts."""

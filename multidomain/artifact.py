@@ -1,0 +1,358 @@
+"""The artifact that training hands to serving: ``weights.safetensors`` + ``manifest.json``.
+
+Tensor names in the weights file:
+
+* shared, compact convolutions: the ``ResNet26`` names of every conv weight, with the union of
+  all domains' mid channels only (``blocks.<i>.conv1.weight`` is ``[union_i, in, 3, 3]``);
+* per domain ``k`` (its position in ``manifest["domains"]``): ``domains.<k>.<name>`` for every
+  BatchNorm tensor and the head, where ``<name>`` is the ``ResNet26`` name without the BN-set
+  index (``domains.0.blocks.3.bn1.weight``); ``bn1`` holds the domain's own channels only.
+
+Each domain lists, per block, the indices (into the compact union) of the mid channels it uses.
+Loading verifies the manifest schema, the weights' sha256 and every tensor's shape, and refuses
+anything else with an ``ArtifactError`` that names what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from multidomain.arch import ArchitectureError, ArchSpec
+from multidomain.network import ResNet26
+
+FORMAT_NAME = "multidomain-pruning-artifact"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+MANIFEST_FILE = "manifest.json"
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_BN_SET = re.compile(r"^(?P<prefix>.*\.bn[12]?)\.(?P<set>\d+)\.(?P<leaf>[a-z_]+)$")
+_HEAD = re.compile(r"^heads\.(?P<set>\d+)\.(?P<leaf>weight|bias)$")
+_BN_LEAVES = ("weight", "bias", "running_mean", "running_var")
+
+
+class ArtifactError(ValueError):
+    """A missing, corrupt or mismatched artifact."""
+
+
+def check_name(kind: str, value: str) -> str:
+    if not _NAME_PATTERN.match(value):
+        raise ArtifactError(
+            f"invalid {kind} {value!r}: use 1-64 letters, digits, '_', '-', '.' "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def split_state_dict(
+    state: Mapping[str, Tensor],
+) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
+    """Split a multi-domain ``ResNet26`` state dict into shared tensors and per-domain tensors
+    (BN-set index removed from the names). ``num_batches_tracked`` is dropped."""
+    shared: dict[str, Tensor] = {}
+    per_domain: dict[int, dict[str, Tensor]] = {}
+    for name, tensor in state.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        bn = _BN_SET.match(name)
+        head = _HEAD.match(name)
+        if bn:
+            key = f"{bn['prefix']}.{bn['leaf']}"
+            per_domain.setdefault(int(bn["set"]), {})[key] = tensor
+        elif head:
+            per_domain.setdefault(int(head["set"]), {})[f"head.{head['leaf']}"] = tensor
+        else:
+            shared[name] = tensor
+    return shared, [per_domain[k] for k in sorted(per_domain)]
+
+
+def subnet_state_dict(
+    domain_tensors: Mapping[str, Tensor],
+    shared: Mapping[str, Tensor],
+    channels: Sequence[Sequence[int]],
+) -> dict[str, Tensor]:
+    """State dict of a one-domain ``ResNet26`` holding only the domain's mid channels."""
+    state: dict[str, Tensor] = {}
+    for name, tensor in shared.items():
+        match = re.match(r"^blocks\.(\d+)\.conv([12])\.weight$", name)
+        if match:
+            index = torch.as_tensor(channels[int(match[1])], dtype=torch.long)
+            dim = 0 if match[2] == "1" else 1
+            tensor = tensor.index_select(dim, index)
+        state[name] = tensor.contiguous()
+    for name, tensor in domain_tensors.items():
+        if name.startswith("head."):
+            state[f"heads.0.{name.removeprefix('head.')}"] = tensor
+        else:
+            prefix, leaf = name.rsplit(".", 1)
+            state[f"{prefix}.0.{leaf}"] = tensor
+            if leaf == "running_var":
+                state[f"{prefix}.0.num_batches_tracked"] = torch.zeros((), dtype=torch.long)
+    return state
+
+
+@dataclass(frozen=True)
+class DomainEntry:
+    index: int
+    name: str
+    labels: list[str]
+    channels: list[list[int]]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    info: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def mid_channels(self) -> list[int]:
+        return [len(c) for c in self.channels]
+
+
+@dataclass
+class Artifact:
+    path: Path
+    manifest: dict[str, Any]
+    arch: ArchSpec
+    domains: list[DomainEntry]
+    shared: dict[str, Tensor]
+    domain_tensors: list[dict[str, Tensor]]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["model_name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    def domain(self, name: str) -> DomainEntry:
+        for entry in self.domains:
+            if entry.name == name:
+                return entry
+        known = ", ".join(d.name for d in self.domains)
+        raise KeyError(f"unknown domain {name!r}; known domains: {known}")
+
+    def subnet(self, name: str) -> ResNet26:
+        """The domain's compact subnetwork: only its own channels, gathered once, eval mode."""
+        entry = self.domain(name)
+        net = ResNet26(self.arch, [entry.num_classes], entry.mid_channels)
+        state = subnet_state_dict(self.domain_tensors[entry.index], self.shared, entry.channels)
+        net.load_state_dict(state, strict=True)
+        return net.eval()
+
+
+def write_artifact(
+    out_dir: Path,
+    manifest: dict[str, Any],
+    shared: Mapping[str, Tensor],
+    domain_tensors: Sequence[Mapping[str, Tensor]],
+) -> Path:
+    """Write atomically: a temporary folder beside ``out_dir`` renamed into place at the end."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise ArtifactError(f"artifact folder already exists: {out_dir}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in shared.items()}
+    for k, named in enumerate(domain_tensors):
+        tensors.update(
+            {f"domains.{k}.{n}": t.detach().cpu().contiguous() for n, t in named.items()}
+        )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+        full = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            **manifest,
+            "weights_file": WEIGHTS_FILE,
+            "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
+        load_artifact(tmp)  # refuse to publish anything that does not load back
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in data:
+        raise ArtifactError(f"manifest: missing field {where}{key}")
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ArtifactError(f"manifest: field {where}{key} has the wrong type")
+    return value
+
+
+def _parse_domain(k: int, raw: Any, arch: ArchSpec, union: list[int]) -> DomainEntry:
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"manifest: domains[{k}] is not an object")
+    where = f"domains[{k}]."
+    name = check_name("domain name", _require(raw, "name", str, where))
+    labels = _require(raw, "labels", list, where)
+    if len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+        raise ArtifactError(f"manifest: {where}labels must be >= 2 strings")
+    channels = _require(raw, "channels", list, where)
+    if len(channels) != len(union):
+        raise ArtifactError(
+            f"manifest: {where}channels has {len(channels)} blocks, expected {len(union)}"
+        )
+    for b, (idx, width) in enumerate(zip(channels, union, strict=True)):
+        ok = isinstance(idx, list) and idx and all(isinstance(i, int) for i in idx)
+        if not ok or idx != sorted(set(idx)) or idx[0] < 0 or idx[-1] >= width:
+            raise ArtifactError(
+                f"manifest: {where}channels[{b}] must be sorted unique indices in [0, {width})"
+            )
+    mean = _require(raw, "mean", list, where)
+    std = _require(raw, "std", list, where)
+    if len(mean) != arch.in_channels or len(std) != arch.in_channels or min(std) <= 0:
+        raise ArtifactError(
+            f"manifest: {where}mean/std must be {arch.in_channels} numbers, std > 0"
+        )
+    image_size = _require(raw, "image_size", int, where)
+    info = {
+        key: value
+        for key, value in raw.items()
+        if key not in {"name", "labels", "channels", "mean", "std", "image_size"}
+    }
+    return DomainEntry(
+        k,
+        name,
+        labels,
+        channels,
+        image_size,
+        [float(m) for m in mean],
+        [float(s) for s in std],
+        info,
+    )
+
+
+def _expected_shapes(
+    arch: ArchSpec, union: list[int], domains: list[DomainEntry]
+) -> dict[str, tuple[int, ...]]:
+    template = ResNet26(arch, [d.num_classes for d in domains] or [2], union)
+    shared, _ = split_state_dict(template.state_dict())
+    shapes = {name: tuple(t.shape) for name, t in shared.items()}
+    for entry in domains:
+        one = ResNet26(arch, [entry.num_classes], entry.mid_channels)
+        _, (named,) = split_state_dict(one.state_dict())
+        shapes.update({f"domains.{entry.index}.{n}": tuple(t.shape) for n, t in named.items()})
+    return shapes
+
+
+def load_artifact(path: Path) -> Artifact:
+    """Load and verify an artifact folder; raises ``ArtifactError`` naming the problem."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise ArtifactError(f"no {MANIFEST_FILE} in {path}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ArtifactError(f"{manifest_path}: not a {FORMAT_NAME} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{manifest_path}: format_version {manifest.get('format_version')!r} is not supported "
+            f"(this code reads {FORMAT_VERSION})"
+        )
+    for key in ("model_name", "version"):
+        check_name(key, _require(manifest, key, str, ""))
+    try:
+        arch = ArchSpec.from_dict(_require(manifest, "architecture", dict, ""))
+    except (ArchitectureError, TypeError) as exc:
+        raise ArtifactError(f"manifest: architecture: {exc}") from None
+    union = _require(manifest, "compact_mid_channels", list, "")
+    if len(union) != len(arch.blocks()) or not all(
+        isinstance(u, int) and 1 <= u <= full
+        for u, full in zip(union, arch.full_mid_channels(), strict=True)
+    ):
+        raise ArtifactError("manifest: compact_mid_channels does not fit the architecture")
+    raw_domains = _require(manifest, "domains", list, "")
+    if not raw_domains:
+        raise ArtifactError("manifest: no domains")
+    domains = [_parse_domain(k, raw, arch, union) for k, raw in enumerate(raw_domains)]
+    names = [d.name for d in domains]
+    if len(set(names)) != len(names):
+        raise ArtifactError(f"manifest: duplicate domain names in {names}")
+
+    weights_path = path / _require(manifest, "weights_file", str, "")
+    if weights_path.name != WEIGHTS_FILE or not weights_path.is_file():
+        raise ArtifactError(f"weights file missing: {weights_path}")
+    expected_hash = _require(manifest, "weights_sha256", str, "")
+    actual_hash = sha256_file(weights_path)
+    if actual_hash != expected_hash:
+        raise ArtifactError(
+            f"{weights_path}: sha256 {actual_hash[:12]}... does not match the manifest's "
+            f"{expected_hash[:12]}... (corrupt or modified weights)"
+        )
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"{weights_path}: unreadable safetensors file ({exc})") from None
+
+    expected = _expected_shapes(arch, union, domains)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ArtifactError(
+            f"weights do not match the manifest: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ArtifactError(
+                f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape}"
+            )
+
+    shared = {n: t for n, t in tensors.items() if not n.startswith("domains.")}
+    per_domain: list[dict[str, Tensor]] = [{} for _ in domains]
+    for n, t in tensors.items():
+        if n.startswith("domains."):
+            _, k, rest = n.split(".", 2)
+            per_domain[int(k)][rest] = t
+    return Artifact(path, manifest, arch, domains, shared, per_domain)
+
+
+def resolve_artifact(model_store: Path, model_name: str, version: str = "latest") -> Path:
+    """``model_store/<name>/<version>``; ``latest`` is the newest complete version folder."""
+    check_name("model name", model_name)
+    root = Path(model_store) / model_name
+    if version != "latest":
+        check_name("version", version)
+        target = root / version
+        if not (target / MANIFEST_FILE).is_file():
+            raise ArtifactError(f"no artifact at {target}")
+        return target
+    candidates = sorted(
+        (p for p in root.glob("*") if (p / MANIFEST_FILE).is_file() and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+    if not candidates:
+        raise ArtifactError(f"no artifact versions under {root}")
+    return candidates[-1]

@@ -1,0 +1,160 @@
+"""Pieces shared by backbone pre-training and budget-aware training."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from safetensors.torch import save_file
+from torch import Tensor
+
+from multidomain.network import ResNet26
+from multidomain.preprocess import normalize_batch
+from training.data import DomainBatches, DomainData, iterate_eval, train_augment
+
+console = Console(stderr=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def command_line() -> str:
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def training_progress() -> Progress:
+    """Progress bar showing step, loss, accuracy, throughput and ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it into place only on success."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(target: Path, data: Any) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def write_tensors(target: Path, tensors: Mapping[str, Tensor]) -> None:
+    with atomic_path(target) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+
+
+class DomainFeeder:
+    """Endless, seeded, augmented and normalised training batches of one domain."""
+
+    def __init__(self, data: DomainData, batch_size: int, seed: int) -> None:
+        self.data = data
+        self.batch_size = batch_size
+        self.batches = DomainBatches(data, "train", seed=seed)
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        images, targets = self.batches.next_batch(self.batch_size)
+        images = train_augment(images, self.data.allow_flip, self.generator)
+        return normalize_batch(images, self.data.mean, self.data.std), targets
+
+
+@torch.inference_mode()
+def evaluate(
+    model: ResNet26,
+    domains: Sequence[DomainData],
+    split: str,
+    masks_for: Callable[[int], Sequence[Tensor] | None] = lambda d: None,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Top-1 accuracy per domain; ``model`` domain index ``k`` serves ``domains[k]``."""
+    was_training = model.training
+    model.eval()
+    accuracy = {}
+    for k, data in enumerate(domains):
+        masks = masks_for(k)
+        correct = total = 0
+        for images, targets in iterate_eval(data, split, batch_size):
+            logits = model(normalize_batch(images, data.mean, data.std), k, masks)
+            correct += int((logits.argmax(1) == targets).sum())
+            total += int(targets.numel())
+        accuracy[data.name] = correct / max(total, 1)
+    model.train(was_training)
+    return accuracy
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: ResNet26,
+    domains: Sequence[DomainData],
+    masks_for: Callable[[int], Sequence[Tensor] | None],
+    batches: int = 20,
+    batch_size: int = 128,
+) -> None:
+    """Re-estimate every domain's BN running statistics under its final (hard) masks, as a
+    cumulative average over un-augmented training batches."""
+    was_training = model.training
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    for k, data in enumerate(domains):
+        for m in bns:
+            m.momentum = None
+        layers = [
+            bn[k]
+            for bn in (m for m in model.modules() if isinstance(m, torch.nn.ModuleList))
+            if len(bn) == len(domains) and isinstance(bn[0], torch.nn.BatchNorm2d)
+        ]
+        for layer in layers:
+            layer.reset_running_stats()
+        masks = masks_for(k)
+        for i, (images, _) in enumerate(iterate_eval(data, "train", batch_size)):
+            if i >= batches:
+                break
+            model(normalize_batch(images, data.mean, data.std), k, masks)
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+
+
+def mean(values: Mapping[str, float]) -> float:
+    return sum(values.values()) / max(len(values), 1)

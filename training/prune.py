@@ -1,0 +1,78 @@
+"""Budget projection and physical pruning of the channels no domain uses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from multidomain.artifact import split_state_dict
+from multidomain.costs import LinearCost
+from multidomain.network import ResNet26
+
+
+def project_to_budget(
+    scores: Sequence[Tensor], active: Sequence[Tensor], costs: Sequence[LinearCost], budget: float
+) -> tuple[list[Tensor], int]:
+    """Turn off a domain's lowest-scoring active channels until every cost in ``costs`` is at
+    or below ``budget``; never the last channel of a block. ``scores``/``active`` hold one
+    domain's per-block vectors. Returns the new masks and how many channels were removed."""
+    masks = [a.clone().bool() for a in active]
+    order = sorted(
+        ((float(s[c]), b, c) for b, s in enumerate(scores) for c in range(s.numel())),
+        key=lambda t: t[0],
+    )
+
+    def over() -> bool:
+        counts = [float(m.sum()) for m in masks]
+        return any(cost.fraction(counts) > budget + 1e-12 for cost in costs)
+
+    removed = 0
+    for _, block, channel in order:
+        if not over():
+            break
+        if masks[block][channel] and int(masks[block].sum()) > 1:
+            masks[block][channel] = False
+            removed += 1
+    if over():
+        lowest = max(cost.min_fraction for cost in costs)
+        raise ValueError(f"budget {budget} is below the least a domain can cost ({lowest:.4f})")
+    return masks, removed
+
+
+@dataclass
+class CompactParts:
+    shared: dict[str, Tensor]
+    domain_tensors: list[dict[str, Tensor]]
+    union_mid_channels: list[int]
+    channels: list[list[list[int]]]  # [domain][block] -> indices into the compact union
+
+
+def prune_to_compact(model: ResNet26, masks: Sequence[Tensor]) -> CompactParts:
+    """Remove every mid channel no domain uses. ``masks[b]`` is a bool ``[domains, channels]``
+    tensor. Keeps for each domain only the BN entries of its own channels."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    shared, per_domain = split_state_dict(state)
+    union_indices: list[Tensor] = []
+    for b, mask in enumerate(masks):
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError(f"block {b}: a domain has no active channel")
+        union = torch.nonzero(mask.any(dim=0)).flatten()
+        union_indices.append(union)
+        shared[f"blocks.{b}.conv1.weight"] = shared[f"blocks.{b}.conv1.weight"][union]
+        shared[f"blocks.{b}.conv2.weight"] = shared[f"blocks.{b}.conv2.weight"][:, union]
+
+    channels: list[list[list[int]]] = []
+    for d, tensors in enumerate(per_domain):
+        domain_channels = []
+        for b, mask in enumerate(masks):
+            own = torch.nonzero(mask[d]).flatten()
+            for leaf in ("weight", "bias", "running_mean", "running_var"):
+                key = f"blocks.{b}.bn1.{leaf}"
+                tensors[key] = tensors[key][own]
+            position = {int(c): i for i, c in enumerate(union_indices[b].tolist())}
+            domain_channels.append([position[int(c)] for c in own.tolist()])
+        channels.append(domain_channels)
+    return CompactParts(shared, per_domain, [int(u.numel()) for u in union_indices], channels)
