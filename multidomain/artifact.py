@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -63,6 +63,14 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a manifest without its ``weights_sha256`` field; it is
+    stored inside the weights file, so the weights' hash covers the manifest too."""
+    body = {k: v for k, v in manifest.items() if k != "weights_sha256"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def split_state_dict(
@@ -181,16 +189,13 @@ def write_artifact(
         tensors.update(
             {f"domains.{k}.{n}": t.detach().cpu().contiguous() for n, t in named.items()}
         )
+    body = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest}
+    body["weights_file"] = WEIGHTS_FILE
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
-        full = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            **manifest,
-            "weights_file": WEIGHTS_FILE,
-            "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
-        }
+        metadata = {"format": FORMAT_NAME, "manifest_sha256": manifest_digest(body)}
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=metadata)
+        full = {**body, "weights_sha256": sha256_file(tmp / WEIGHTS_FILE)}
         (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
         load_artifact(tmp)  # refuse to publish anything that does not load back
         os.replace(tmp, out_dir)
@@ -313,9 +318,16 @@ def load_artifact(path: Path) -> Artifact:
             f"{expected_hash[:12]}... (corrupt or modified weights)"
         )
     try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            stored_digest = (handle.metadata() or {}).get("manifest_sha256")
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise ArtifactError(f"{weights_path}: unreadable safetensors file ({exc})") from None
+    if stored_digest != manifest_digest(manifest):
+        raise ArtifactError(
+            f"{manifest_path}: the manifest was modified after export (its digest does not match "
+            "the one recorded in the weights file)"
+        )
 
     expected = _expected_shapes(arch, union, domains)
     missing = sorted(set(expected) - set(tensors))

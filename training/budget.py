@@ -3,9 +3,10 @@
 See docs/method.md for the formulation. In short, per step and for every domain ``d``:
 ``CE_d`` on one batch of its own data through its straight-through masks, then
 
-    loss = mean_d CE_d + sum_{d,m} lambda_dm (cost_m(d) - beta) + gamma * L_share
+    loss = mean_d CE_d + rho * sum_{d,m} relu(cost_m(d) - beta_t)^2 + gamma * L_share
 
-with ``lambda_dm >= 0`` raised by dual ascent while a domain is over budget in metric ``m``.
+where the target ``beta_t`` falls linearly from 1 to ``beta`` over the first part of training
+(gradual pruning), and export projects any domain still over ``beta`` onto the budget.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class BudgetConfig:
     batch_size: int = 32
     lr_scores: float = 0.02
     lr_domain: float = 2e-3
-    dual_lr: float = 2.0
+    penalty: float = 100.0
+    anneal_fraction: float = 0.6
     score_init: float = 1.0
     unfreeze_shared: bool = False
     finetune_steps: int = 40
@@ -79,6 +81,8 @@ class BudgetConfig:
         check_variant(self.sharing)
         if self.sharing_weight < 0:
             raise ValueError(f"sharing weight must be >= 0, got {self.sharing_weight}")
+        if not 0 < self.anneal_fraction <= 1 or self.penalty <= 0:
+            raise ValueError("anneal fraction must be in (0, 1] and the penalty > 0")
         if self.steps < 1 or self.batch_size < 1 or self.finetune_steps < 0:
             raise ValueError("steps and batch size must be >= 1, fine-tune steps >= 0")
 
@@ -151,6 +155,12 @@ def _stacked_costs(costs: Sequence[LinearCost], masks: Sequence[Tensor]) -> Tens
     return torch.stack(rows)
 
 
+def budget_target(config: BudgetConfig, step: int) -> float:
+    """Linear schedule from 1 at step 0 to ``beta`` at ``anneal_fraction`` of the steps."""
+    progress = min(1.0, step / max(1.0, config.anneal_fraction * config.steps))
+    return 1.0 - (1.0 - config.budget) * progress
+
+
 def train_budget_aware(
     domains: Sequence[DomainData], backbone_dir: Path, config: BudgetConfig
 ) -> TrainedModel:
@@ -181,7 +191,6 @@ def train_budget_aware(
     if config.learnable_sharing_weight:
         groups.append({"params": [log_gamma], "lr": config.lr_scores})
     optimizer = torch.optim.Adam(groups)
-    lambdas = torch.zeros(len(costs), len(domains))
     feeders = [
         DomainFeeder(d, config.batch_size, config.seed + 7 * k) for k, d in enumerate(domains)
     ]
@@ -202,12 +211,13 @@ def train_budget_aware(
                 logits = model(images, k, switches.masks(k))
                 ce = loss_fn(logits, targets) / len(feeders)
                 ce.backward()
-                ce_sum += float(ce)
+                ce_sum += ce.item()
                 correct += int((logits.argmax(1) == targets).sum())
                 count += int(targets.numel())
             masks = switches.all_masks()
             domain_costs = _stacked_costs(costs, masks)
-            budget_term = (lambdas * (domain_costs - config.budget)).sum()
+            target = budget_target(config, step)
+            budget_term = config.penalty * torch.relu(domain_costs - target).pow(2).sum()
             share = sharing_loss(config.sharing, masks, share_weights)
             gamma = (
                 torch.exp(log_gamma) if config.learnable_sharing_weight else config.sharing_weight
@@ -221,9 +231,7 @@ def train_budget_aware(
             with torch.no_grad():
                 if config.learnable_sharing_weight:
                     log_gamma.clamp_(max=float(torch.log(torch.tensor(100.0))))
-                excess = domain_costs.detach() - config.budget
-                lambdas = (lambdas + config.dual_lr * excess).clamp_min(0.0)
-            worst = float(domain_costs.max())
+            worst = float(domain_costs.detach().max())
             history.append(
                 {
                     "step": step,

@@ -109,6 +109,16 @@ def pretrain_backbone(
         "domains": [d.name for d in domains],
         "init_from": None if init_from is None else str(init_from),
     }
+    finished = run_dir / BACKBONE_RECORD
+    if finished.is_file():
+        record = json.loads(finished.read_text())
+        if {k: record.get(k) for k in identity} != identity:
+            raise RunError(
+                f"{run_dir} already holds a backbone of another configuration; "
+                "use a new run directory"
+            )
+        console.print(f"reusing the finished backbone in {run_dir}")
+        return dict(record)
     start_step, elapsed = _resume(run_dir, identity, model, optimizer, scheduler)
     feeders = [
         DomainFeeder(d, config.batch_size, config.seed + 7 * k + start_step)
@@ -129,7 +139,7 @@ def pretrain_backbone(
                 logits = model(images, k)
                 loss = loss_fn(logits, targets) / len(feeders)
                 loss.backward()
-                loss_sum += float(loss)
+                loss_sum += loss.item()
                 correct += int((logits.argmax(1) == targets).sum())
                 count += int(targets.numel())
             optimizer.step()

@@ -1,0 +1,56 @@
+# The two README commands are `make run` (main job) and `make test` (whole test suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH := torch==2.14.1 torchvision==0.29.1
+PORT ?= 8000
+
+.PHONY: setup system-deps run pipeline test test-unit test-integration lint format bench report clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[training,service,torchserve,dev]'
+	# animal_mnist declares tensorflow; we only read its data files
+	$(BIN)/pip install -q --no-deps animal-mnist==0.4
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian packages the integration tests run for real: prometheus, docker-compose (config check)
+system-deps:
+	@command -v prometheus >/dev/null && command -v docker-compose >/dev/null && command -v java >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q prometheus docker-compose default-jre-headless)
+
+run: setup
+	$(BIN)/mdprune pipeline --port $(PORT)
+
+pipeline: setup
+	$(BIN)/mdprune pipeline --no-serve
+
+test: setup system-deps
+	$(BIN)/python -m pytest -q
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -m "not integration"
+
+test-integration: setup system-deps
+	$(BIN)/python -m pytest -q -m integration
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy multidomain service training mdprune
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup
+	$(BIN)/python bench/budget_grid.py
+
+clean:
+	rm -rf $(VENV) data_cache runs .pytest_cache .mypy_cache .ruff_cache

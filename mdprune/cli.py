@@ -1,0 +1,267 @@
+"""``mdprune``: build data, pre-train, train under a budget, prune, export, report and serve.
+
+Training commands import ``training``; ``serve`` imports only ``service``. Imports are lazy so
+that each command loads only what it needs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Budget-aware pruning for multi-domain learning: train offline, serve online.",
+)
+
+DomainsOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--domains",
+        "-d",
+        help="Data to use, repeatable: 'embedded' (all embedded domains), 'embedded:<name>', "
+        "'imagefolder:<name>=<path>' or 'decathlon:<name>=<path>'.",
+    ),
+]
+CacheOpt = Annotated[Path, typer.Option(help="Cache folder of the embedded benchmark.")]
+SizeOpt = Annotated[int, typer.Option(help="Image side length every domain is resized to.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for splits, initialisation and batches.")]
+
+
+@contextmanager
+def clean_errors() -> Iterator[None]:
+    """Known bad input ends with a one-line message and exit code 2, not a traceback."""
+    from multidomain.arch import ArchitectureError
+    from multidomain.artifact import ArtifactError
+
+    try:
+        yield
+    except (ValueError, ArchitectureError, ArtifactError, FileNotFoundError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _load(domains: list[str], cache_dir: Path, image_size: int, seed: int) -> dict[str, Any]:
+    from training.common import console
+    from training.data import benchmark_digest, load_domains, print_summary
+
+    data = load_domains(domains, cache_dir, image_size, seed)
+    print_summary(data, benchmark_digest(data), console)
+    return data
+
+
+@app.command()
+def data(
+    domains: DomainsOpt = ["embedded"],  # noqa: B006
+    cache_dir: CacheOpt = Path("data_cache"),
+    image_size: SizeOpt = 32,
+    seed: SeedOpt = 0,
+) -> None:
+    """Build (or load from cache) the data and print the summary table and digest."""
+    with clean_errors():
+        _load(domains, cache_dir, image_size, seed)
+
+
+@app.command()
+def pretrain(
+    domains: DomainsOpt = ["embedded"],  # noqa: B006
+    run_dir: Annotated[Path, typer.Option(help="Where the backbone and checkpoints go.")] = Path(
+        "runs/backbone"
+    ),
+    width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.25,
+    steps: Annotated[int, typer.Option(help="Optimizer steps (one batch per domain each).")] = 600,
+    batch_size: Annotated[int, typer.Option(help="Images per domain per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak SGD learning rate (cosine decay).")] = 0.05,
+    init_from: Annotated[
+        Path | None, typer.Option(help="Start from another backbone run's shared weights.")
+    ] = None,
+    cache_dir: CacheOpt = Path("data_cache"),
+    image_size: SizeOpt = 32,
+    seed: SeedOpt = 0,
+) -> None:
+    """Pre-train the backbone (the single-domain baseline); resumes from its checkpoint."""
+    with clean_errors():
+        from multidomain.arch import ArchSpec
+        from training.pretrain import PretrainConfig, pretrain_backbone
+
+        arch = ArchSpec(width_mult=width_mult, image_size=image_size)
+        config = PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+        loaded = _load(domains, cache_dir, image_size, seed)
+        pretrain_backbone(list(loaded.values()), arch, config, run_dir, init_from)
+
+
+BudgetOpt = Annotated[float, typer.Option(help="Budget beta in (0, 1]: each domain's cost cap.")]
+MetricOpt = Annotated[
+    str, typer.Option(help="What the budget caps: params, macs, or both (default).")
+]
+SharingOpt = Annotated[
+    str, typer.Option(help="Parameter-sharing loss: none, union, intersection or jaccard.")
+]
+SharingWeightOpt = Annotated[float, typer.Option(help="Weight of the sharing loss.")]
+LearnableOpt = Annotated[
+    bool,
+    typer.Option(help="Learn the sharing weight (uncertainty weighting) instead of fixing it."),
+]
+TrainStepsOpt = Annotated[int, typer.Option(help="Budget-aware training steps.")]
+StoreOpt = Annotated[Path, typer.Option(help="Model store the artifact is exported into.")]
+NameOpt = Annotated[str, typer.Option(help="Model name in the store.")]
+VersionOpt = Annotated[
+    str | None, typer.Option(help="Version folder (default: UTC timestamp).")
+]
+
+
+def _train_and_export(
+    loaded: dict[str, Any],
+    backbone: Path,
+    budget: float,
+    budget_metric: str,
+    sharing: str,
+    sharing_weight: float,
+    learnable_sharing_weight: bool,
+    steps: int,
+    seed: int,
+    model_store: Path,
+    model_name: str,
+    version: str | None,
+) -> Path:
+    from training.budget import BudgetConfig, export_artifact, train_budget_aware
+
+    config = BudgetConfig(
+        budget=budget,
+        budget_metric=budget_metric,  # type: ignore[arg-type]
+        sharing=sharing,  # type: ignore[arg-type]
+        sharing_weight=sharing_weight,
+        learnable_sharing_weight=learnable_sharing_weight,
+        steps=steps,
+        seed=seed,
+    )
+    trained = train_budget_aware(list(loaded.values()), backbone, config)
+    path, _ = export_artifact(trained, model_store, model_name, version)
+    return path
+
+
+@app.command()
+def train(
+    backbone: Annotated[Path, typer.Option(help="Finished pre-training run directory.")] = Path(
+        "runs/backbone"
+    ),
+    domains: DomainsOpt = ["embedded"],  # noqa: B006
+    budget: BudgetOpt = 0.5,
+    budget_metric: MetricOpt = "both",
+    sharing: SharingOpt = "union",
+    sharing_weight: SharingWeightOpt = 1.0,
+    learnable_sharing_weight: LearnableOpt = False,
+    steps: TrainStepsOpt = 300,
+    model_store: StoreOpt = Path("model_store"),
+    model_name: NameOpt = "default",
+    version: VersionOpt = None,
+    cache_dir: CacheOpt = Path("data_cache"),
+    seed: SeedOpt = 0,
+) -> None:
+    """Budget-aware multi-domain training, pruning and export of the compact artifact."""
+    with clean_errors():
+        from training.budget import BudgetConfig
+        from training.pretrain import load_backbone
+
+        BudgetConfig(budget=budget, budget_metric=budget_metric, sharing=sharing)  # type: ignore[arg-type]
+        record, _ = load_backbone(backbone)
+        loaded = _load(domains, cache_dir, int(record["arch"]["image_size"]), seed)
+        _train_and_export(
+            loaded, backbone, budget, budget_metric, sharing, sharing_weight,
+            learnable_sharing_weight, steps, seed, model_store, model_name, version,
+        )
+
+
+@app.command()
+def pipeline(
+    domains: DomainsOpt = ["embedded"],  # noqa: B006
+    budget: BudgetOpt = 0.5,
+    budget_metric: MetricOpt = "both",
+    sharing: SharingOpt = "union",
+    sharing_weight: SharingWeightOpt = 1.0,
+    steps: TrainStepsOpt = 300,
+    pretrain_steps: Annotated[int, typer.Option(help="Backbone pre-training steps.")] = 600,
+    width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.25,
+    run_dir: Annotated[Path, typer.Option(help="Backbone run directory.")] = Path("runs/backbone"),
+    model_store: StoreOpt = Path("model_store"),
+    model_name: NameOpt = "default",
+    version: VersionOpt = None,
+    serve: Annotated[bool, typer.Option(help="Serve the exported model at the end.")] = True,
+    port: Annotated[int, typer.Option(help="Port of the service.")] = 8000,
+    cache_dir: CacheOpt = Path("data_cache"),
+    image_size: SizeOpt = 32,
+    seed: SeedOpt = 0,
+) -> None:
+    """The main job: data -> backbone -> budget-aware training -> prune -> export -> serve."""
+    with clean_errors():
+        from multidomain.arch import ArchSpec
+        from training.budget import BudgetConfig
+        from training.pretrain import PretrainConfig, pretrain_backbone
+
+        BudgetConfig(budget=budget, budget_metric=budget_metric, sharing=sharing)  # type: ignore[arg-type]
+        arch = ArchSpec(width_mult=width_mult, image_size=image_size)
+        loaded = _load(domains, cache_dir, image_size, seed)
+        pretrain_backbone(
+            list(loaded.values()), arch, PretrainConfig(steps=pretrain_steps, seed=seed), run_dir
+        )
+        path = _train_and_export(
+            loaded, run_dir, budget, budget_metric, sharing, sharing_weight, False, steps, seed,
+            model_store, model_name, version,
+        )
+    if serve:
+        first = next(iter(loaded))
+        typer.echo(
+            f"serving {path} on http://127.0.0.1:{port}; try:\n"
+            f"  curl -s -X POST -H 'Content-Type: image/png' --data-binary @<image.png> "
+            f"http://127.0.0.1:{port}/v1/domains/{first}/predict"
+        )
+        _serve(["--model-store", str(model_store), "--model-name", model_name, "--port", str(port)])
+
+
+@app.command()
+def verify(path: Annotated[Path, typer.Argument(help="Artifact folder.")]) -> None:
+    """Verify an artifact (schema, hashes, shapes) and print what it holds."""
+    with clean_errors():
+        from multidomain.artifact import load_artifact
+
+        artifact = load_artifact(path)
+        typer.echo(f"{artifact.name} {artifact.version}: OK")
+        for entry in artifact.domains:
+            info = entry.info
+            typer.echo(
+                f"  {entry.name}: {entry.num_classes} classes, mid channels {sum(entry.mid_channels)}"
+                f", params fraction {info.get('params_fraction', float('nan')):.3f}"
+                f", MACs fraction {info.get('macs_fraction', float('nan')):.3f}"
+                f", test accuracy {info.get('test_accuracy', float('nan')):.4f}"
+            )
+
+
+def _serve(argv: list[str]) -> None:
+    from service.server import main as serve_main
+
+    serve_main(argv)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def serve(ctx: typer.Context) -> None:
+    """Serve an artifact with FastAPI + uvicorn (options: see 'mdprune serve --help')."""
+    _serve(list(ctx.args))
+
+
+def main(argv: list[str] | None = None) -> None:
+    command: Callable[..., Any] = app
+    command(args=sys.argv[1:] if argv is None else argv, prog_name="mdprune")
+
+
+if __name__ == "__main__":
+    main()
