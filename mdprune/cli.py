@@ -104,7 +104,7 @@ MetricOpt = Annotated[
 SharingOpt = Annotated[
     str, typer.Option(help="Parameter-sharing loss: none, union, intersection or jaccard.")
 ]
-SharingWeightOpt = Annotated[float, typer.Option(help="Weight of the sharing loss.")]
+SharingWeightOpt = Annotated[float, typer.Option(help="Weight gamma of the sharing loss.")]
 LearnableOpt = Annotated[
     bool,
     typer.Option(help="Learn the sharing weight (uncertainty weighting) instead of fixing it."),
@@ -156,7 +156,7 @@ def train(
     budget: BudgetOpt = 0.5,
     budget_metric: MetricOpt = "both",
     sharing: SharingOpt = "union",
-    sharing_weight: SharingWeightOpt = 1.0,
+    sharing_weight: SharingWeightOpt = 5.0,
     learnable_sharing_weight: LearnableOpt = False,
     steps: TrainStepsOpt = 300,
     model_store: StoreOpt = Path("model_store"),
@@ -185,7 +185,7 @@ def pipeline(
     budget: BudgetOpt = 0.5,
     budget_metric: MetricOpt = "both",
     sharing: SharingOpt = "union",
-    sharing_weight: SharingWeightOpt = 1.0,
+    sharing_weight: SharingWeightOpt = 5.0,
     steps: TrainStepsOpt = 300,
     pretrain_steps: Annotated[int, typer.Option(help="Backbone pre-training steps.")] = 600,
     width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.25,

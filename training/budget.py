@@ -58,7 +58,7 @@ class BudgetConfig:
     budget: float = 0.5
     budget_metric: BudgetMetric = "both"
     sharing: SharingVariant = "union"
-    sharing_weight: float = 1.0
+    sharing_weight: float = 5.0
     learnable_sharing_weight: bool = False
     steps: int = 300
     batch_size: int = 32
@@ -155,6 +155,34 @@ def _stacked_costs(costs: Sequence[LinearCost], masks: Sequence[Tensor]) -> Tens
     return torch.stack(rows)
 
 
+@torch.no_grad()
+def initialise_scores(
+    switches: ChannelSwitches, model: ResNet26, costs: Sequence[LinearCost], scale: float
+) -> None:
+    """Spread each domain's initial scores over ``scale * [0.25, 1.75]`` by the rank of the
+    channel's importance per unit of cost, so that pruning proceeds gradually, cheapest
+    importance first, instead of every channel crossing zero at the same step. A channel's
+    importance for a domain is ``|gamma| * ||W_conv2[:, c]||`` (its BN scale in that domain
+    times the size of its output weights)."""
+    per_channel_cost = [
+        sum(cost.per_channel[b] / cost.full for cost in costs) for b in range(len(model.blocks))
+    ]
+    for d in range(model.num_domains):
+        ratios = []
+        for b, block in enumerate(model.blocks):
+            gamma = block.bn1[d].weight.abs()
+            out_norm = block.conv2.weight.flatten(start_dim=2).norm(dim=(0, 2))
+            ratios.append(gamma * out_norm / per_channel_cost[b])
+        flat = torch.cat(ratios)
+        quantile = torch.empty_like(flat)
+        quantile[flat.argsort()] = torch.linspace(0.0, 1.0, flat.numel())
+        start = 0
+        for b, ratio in enumerate(ratios):
+            part = quantile[start : start + ratio.numel()]
+            switches.scores[b][d] = scale * (0.25 + 1.5 * part)
+            start += ratio.numel()
+
+
 def budget_target(config: BudgetConfig, step: int) -> float:
     """Linear schedule from 1 at step 0 to ``beta`` at ``anneal_fraction`` of the steps."""
     progress = min(1.0, step / max(1.0, config.anneal_fraction * config.steps))
@@ -177,6 +205,7 @@ def train_budget_aware(
         )
     share_weights = linear_cost(arch, "params").per_channel
     switches = ChannelSwitches(len(domains), arch.full_mid_channels(), config.score_init)
+    initialise_scores(switches, model, costs, config.score_init)
     for p in model.shared_parameters():
         p.requires_grad_(config.unfreeze_shared)
     groups: list[dict[str, Any]] = [
@@ -373,6 +402,7 @@ def export_artifact(
         "command": command_line(),
         "architecture": arch.to_dict(),
         "compact_mid_channels": parts.union_mid_channels,
+        "compact_channel_origin": parts.union_origin,
         "budget": trained.config.budget,
         "budget_metric": trained.config.budget_metric,
         "sharing": {

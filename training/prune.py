@@ -47,6 +47,7 @@ class CompactParts:
     shared: dict[str, Tensor]
     domain_tensors: list[dict[str, Tensor]]
     union_mid_channels: list[int]
+    union_origin: list[list[int]]  # [block] -> backbone index of every compact channel
     channels: list[list[list[int]]]  # [domain][block] -> indices into the compact union
 
 
@@ -75,4 +76,10 @@ def prune_to_compact(model: ResNet26, masks: Sequence[Tensor]) -> CompactParts:
             position = {int(c): i for i, c in enumerate(union_indices[b].tolist())}
             domain_channels.append([position[int(c)] for c in own.tolist()])
         channels.append(domain_channels)
-    return CompactParts(shared, per_domain, [int(u.numel()) for u in union_indices], channels)
+    return CompactParts(
+        shared,
+        per_domain,
+        [int(u.numel()) for u in union_indices],
+        [u.tolist() for u in union_indices],
+        channels,
+    )
