@@ -117,6 +117,12 @@ def build_from_backbone(domains: Sequence[DomainData], backbone_dir: Path) -> Re
         raise RunError(
             f"{backbone_dir}: unreadable architecture in the backbone record ({exc})"
         ) from None
+    for data in domains:
+        if data.image_size != arch.image_size:
+            raise RunError(
+                f"domain {data.name!r} has {data.image_size}px images but the backbone in "
+                f"{backbone_dir} was built for {arch.image_size}px"
+            )
     model = ResNet26(arch, [d.num_classes for d in domains])
     own = model.state_dict()
     source = list(record.get("domains", []))

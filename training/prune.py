@@ -17,9 +17,13 @@ def project_to_budget(
     scores: Sequence[Tensor], active: Sequence[Tensor], costs: Sequence[LinearCost], budget: float
 ) -> tuple[list[Tensor], int]:
     """Turn off a domain's lowest-scoring active channels until every cost in ``costs`` is at
-    or below ``budget``; never the last channel of a block. ``scores``/``active`` hold one
-    domain's per-block vectors. Returns the new masks and how many channels were removed."""
+    or below ``budget``; never the last channel of a block (a block left with none gets its
+    highest-scoring channel back first). ``scores``/``active`` hold one domain's per-block
+    vectors. Returns the new masks and how many channels were removed."""
     masks = [a.clone().bool() for a in active]
+    for mask, score in zip(masks, scores, strict=True):
+        if not bool(mask.any()):
+            mask[int(score.argmax())] = True
     order = sorted(
         ((float(s[c]), b, c) for b, s in enumerate(scores) for c in range(s.numel())),
         key=lambda t: t[0],
