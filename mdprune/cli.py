@@ -112,9 +112,7 @@ LearnableOpt = Annotated[
 TrainStepsOpt = Annotated[int, typer.Option(help="Budget-aware training steps.")]
 StoreOpt = Annotated[Path, typer.Option(help="Model store the artifact is exported into.")]
 NameOpt = Annotated[str, typer.Option(help="Model name in the store.")]
-VersionOpt = Annotated[
-    str | None, typer.Option(help="Version folder (default: UTC timestamp).")
-]
+VersionOpt = Annotated[str | None, typer.Option(help="Version folder (default: UTC timestamp).")]
 
 
 def _train_and_export(
@@ -174,8 +172,18 @@ def train(
         record, _ = load_backbone(backbone)
         loaded = _load(domains, cache_dir, int(record["arch"]["image_size"]), seed)
         _train_and_export(
-            loaded, backbone, budget, budget_metric, sharing, sharing_weight,
-            learnable_sharing_weight, steps, seed, model_store, model_name, version,
+            loaded,
+            backbone,
+            budget,
+            budget_metric,
+            sharing,
+            sharing_weight,
+            learnable_sharing_weight,
+            steps,
+            seed,
+            model_store,
+            model_name,
+            version,
         )
 
 
@@ -212,8 +220,18 @@ def pipeline(
             list(loaded.values()), arch, PretrainConfig(steps=pretrain_steps, seed=seed), run_dir
         )
         path = _train_and_export(
-            loaded, run_dir, budget, budget_metric, sharing, sharing_weight, False, steps, seed,
-            model_store, model_name, version,
+            loaded,
+            run_dir,
+            budget,
+            budget_metric,
+            sharing,
+            sharing_weight,
+            False,
+            steps,
+            seed,
+            model_store,
+            model_name,
+            version,
         )
     if serve:
         first = next(iter(loaded))
@@ -236,7 +254,8 @@ def verify(path: Annotated[Path, typer.Argument(help="Artifact folder.")]) -> No
         for entry in artifact.domains:
             info = entry.info
             typer.echo(
-                f"  {entry.name}: {entry.num_classes} classes, mid channels {sum(entry.mid_channels)}"
+                f"  {entry.name}: {entry.num_classes} classes, "
+                f"mid channels {sum(entry.mid_channels)}"
                 f", params fraction {info.get('params_fraction', float('nan')):.3f}"
                 f", MACs fraction {info.get('macs_fraction', float('nan')):.3f}"
                 f", test accuracy {info.get('test_accuracy', float('nan')):.4f}"

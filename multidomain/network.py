@@ -99,9 +99,18 @@ class ResNet26(nn.Module):
             raise IndexError(f"domain index {domain} out of range 0..{self.num_domains - 1}")
         return self.heads[domain](self.features(x, domain, masks))
 
+    def block_list(self) -> list[BasicBlock]:
+        return [b for b in self.blocks if isinstance(b, BasicBlock)]
+
+    def domain_batchnorms(self, domain: int) -> list[nn.BatchNorm2d]:
+        """Every BatchNorm layer of one domain."""
+        sets = [m for m in self.modules() if isinstance(m, nn.ModuleList) and m is not self.heads]
+        layers = [s[domain] for s in sets]
+        return [layer for layer in layers if isinstance(layer, nn.BatchNorm2d)]
+
     def shared_parameters(self) -> list[nn.Parameter]:
         """The convolution weights shared by all domains."""
-        return [m.weight for m in self.modules() if isinstance(m, nn.Conv2d)]
+        return [m.weight for m in self.modules() if isinstance(m, nn.Conv2d)]  # type: ignore[misc]
 
     def domain_parameters(self) -> list[nn.Parameter]:
         """Per-domain BatchNorm affines and heads."""

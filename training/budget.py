@@ -76,7 +76,8 @@ class BudgetConfig:
             raise ValueError(f"budget must be in (0, 1], got {self.budget}")
         if self.budget_metric not in BUDGET_METRICS:
             raise ValueError(
-                f"unknown budget metric {self.budget_metric!r}; choose one of {', '.join(BUDGET_METRICS)}"
+                f"unknown budget metric {self.budget_metric!r}; "
+                f"choose one of {', '.join(BUDGET_METRICS)}"
             )
         check_variant(self.sharing)
         if self.sharing_weight < 0:
@@ -157,7 +158,7 @@ def _stacked_costs(costs: Sequence[LinearCost], masks: Sequence[Tensor]) -> Tens
         used = cost.fixed + sum(
             c * m.sum(dim=1) for c, m in zip(cost.per_channel, masks, strict=True)
         )
-        rows.append(used / cost.full)
+        rows.append(torch.as_tensor(used) / cost.full)
     return torch.stack(rows)
 
 
@@ -175,8 +176,10 @@ def initialise_scores(
     ]
     for d in range(model.num_domains):
         ratios = []
-        for b, block in enumerate(model.blocks):
-            gamma = block.bn1[d].weight.abs()
+        for b, block in enumerate(model.block_list()):
+            bn1 = block.bn1[d]
+            assert isinstance(bn1, nn.BatchNorm2d)
+            gamma = bn1.weight.abs()
             out_norm = block.conv2.weight.flatten(start_dim=2).norm(dim=(0, 2))
             ratios.append(gamma * out_norm / per_channel_cost[b])
         flat = torch.cat(ratios)
@@ -281,7 +284,8 @@ def train_budget_aware(
                 advance=1,
                 stats=(
                     f"ce {ce_sum:.3f} acc {correct / count:.3f} max cost {worst:.3f} "
-                    f"share {float(share):.3f} {count / max(time.perf_counter() - t0, 1e-9):,.0f} img/s"
+                    f"share {float(share):.3f} "
+                    f"{count / max(time.perf_counter() - t0, 1e-9):,.0f} img/s"
                 ),
             )
     hard = switches.hard_masks()

@@ -136,15 +136,10 @@ def recalibrate_batchnorm(
     model.train()
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = None  # cumulative moving average
     for k, data in enumerate(domains):
-        for m in bns:
-            m.momentum = None
-        layers = [
-            bn[k]
-            for bn in (m for m in model.modules() if isinstance(m, torch.nn.ModuleList))
-            if len(bn) == len(domains) and isinstance(bn[0], torch.nn.BatchNorm2d)
-        ]
-        for layer in layers:
+        for layer in model.domain_batchnorms(k):
             layer.reset_running_stats()
         masks = masks_for(k)
         for i, (images, _) in enumerate(iterate_eval(data, "train", batch_size)):

@@ -134,9 +134,9 @@ def pretrain_backbone(
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss_sum, correct, count = 0.0, 0, 0
-            for k, feeder in enumerate(feeders):
+            for index, feeder in enumerate(feeders):
                 images, targets = feeder.next()
-                logits = model(images, k)
+                logits = model(images, index)
                 loss = loss_fn(logits, targets) / len(feeders)
                 loss.backward()
                 loss_sum += loss.item()

@@ -3,7 +3,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from safetensors.torch import load_file, save_file
 
 from multidomain.artifact import (
@@ -47,7 +46,7 @@ def test_modified_weights_are_refused(tmp_path: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="sha256 .* does not match"):
+    with pytest.raises(ArtifactError, match=r"sha256 .* does not match"):
         load_artifact(path)
 
 

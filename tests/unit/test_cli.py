@@ -38,7 +38,11 @@ def test_bad_options_exit_2_with_one_line(args: list[str], message: str, tmp_pat
 
 def test_missing_data_path(tmp_path: Path) -> None:
     code, output = run(
-        "data", "--domains", f"imagefolder:mine={tmp_path / 'nowhere'}", "--cache-dir", str(tmp_path)
+        "data",
+        "--domains",
+        f"imagefolder:mine={tmp_path / 'nowhere'}",
+        "--cache-dir",
+        str(tmp_path),
     )
     assert code == 2
     assert output.startswith("error: ") and "nowhere" in output

@@ -32,7 +32,11 @@ def test_counted_macs_match_flop_counter(arch: ArchSpec, mids: list[int] | None)
     model = ResNet26(arch, [7], mids).eval()
     counted = totals(layer_costs(arch, mids, (7,)))
     assert measured_flops(model, arch.image_size) == 2 * counted.macs
-    bn = sum(m.weight.numel() + m.bias.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn = sum(
+        m.weight.numel() + m.bias.numel()
+        for m in model.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    )
     assert counted.params == sum(p.numel() for p in model.parameters())
     assert bn > 0
 

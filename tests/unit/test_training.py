@@ -35,8 +35,14 @@ def synthetic_domain(name: str, classes: int, seed: int, size: int = 16) -> Doma
             x[i, row : row + 4, 2:6, c % 3] = 250
         images[split], targets[split] = x, y.astype(np.int64)
     return DomainData(
-        name, [f"c{c}" for c in range(classes)], images, targets,
-        (0.15, 0.15, 0.15), (0.25, 0.25, 0.25), True, "synthetic",
+        name,
+        [f"c{c}" for c in range(classes)],
+        images,
+        targets,
+        (0.15, 0.15, 0.15),
+        (0.25, 0.25, 0.25),
+        True,
+        "synthetic",
     )
 
 
@@ -54,7 +60,9 @@ def backbone(domains: list[DomainData], tmp_path_factory: pytest.TempPathFactory
     return run
 
 
-def test_pretrain_resumes_from_checkpoint(domains: list[DomainData], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pretrain_resumes_from_checkpoint(
+    domains: list[DomainData], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = PretrainConfig(steps=6, batch_size=8, checkpoint_every=2)
     calls = {"n": 0}
     original = torch.optim.SGD.step
