@@ -262,6 +262,78 @@ def verify(path: Annotated[Path, typer.Argument(help="Artifact folder.")]) -> No
             )
 
 
+@app.command()
+def report(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Artifact folders, folders searched for manifest.json (a model store), "
+            "or results JSONs of bench/budget_grid.py.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for report.md, report.json and the PNGs.")
+    ] = Path("runs/report"),
+    max_channel_plots: Annotated[
+        int,
+        typer.Option(help="Most channel-usage pictures (beyond it: only runs at budget 0.5)."),
+    ] = 6,
+) -> None:
+    """Report runs: report.md + report.json + plots (accuracy, cost, channel usage).
+
+    Exits 1 (after writing the report) if a domain exceeds its budget."""
+    with clean_errors():
+        from training.report import build_report
+
+        result = build_report(inputs, out, max_channel_plots)
+    plots = result["plots"]
+    count = sum(1 for k in ("accuracy_vs_budget", "cost_vs_budget") if plots[k])
+    typer.echo(
+        f"wrote {out / 'report.md'} and {out / 'report.json'}: {len(result['rows'])} runs, "
+        f"{count + len(plots['channel_usage'])} plots"
+    )
+    over = [
+        f"{r['model_name']}/{r['version']}" for r in result["rows"] if r["budget_check"] == "over"
+    ]
+    if over:
+        typer.echo(f"error: over budget: {', '.join(over)}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("torchserve-export")
+def torchserve_export(
+    path: Annotated[Path, typer.Argument(help="Artifact folder (model_store/<name>/<version>).")],
+    model_store: Annotated[Path, typer.Option(help="Folder the .mar is written into.")] = Path(
+        "model_store"
+    ),
+    name: Annotated[
+        str | None, typer.Option(help="TorchServe model name (default: the artifact's).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="TorchServe batchSize.")] = 8,
+    max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe maxBatchDelay (ms).")] = 5,
+    workers: Annotated[int, typer.Option(help="TorchServe workers (processes).")] = 1,
+    torch_threads: Annotated[int, typer.Option(help="torch threads per worker.")] = 2,
+) -> None:
+    """Package an artifact for TorchServe: <model-store>/<name>.mar (handler, artifact, code)."""
+    with clean_errors():
+        from multidomain.artifact import load_artifact
+        from service.torchserve_export import TorchServeModelConfig, export_mar
+
+        config = TorchServeModelConfig(
+            batch_size=batch_size,
+            max_batch_delay_ms=max_batch_delay_ms,
+            workers=workers,
+            torch_threads=torch_threads,
+        )
+        try:
+            mar = export_mar(path, model_store, name or load_artifact(path).name, config)
+        except RuntimeError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"wrote {mar}")
+
+
 def _serve(argv: list[str]) -> None:
     from service.server import main as serve_main
 

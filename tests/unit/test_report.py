@@ -1,0 +1,240 @@
+"""``mdprune report``: tables, plots and the budget check from small hand-written manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from mdprune.cli import app
+from multidomain.arch import ArchSpec
+from training.report import build_report, channel_usage
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ARCH = ArchSpec(width_mult=0.125, image_size=16)
+DOMAINS = ("alpha", "beta", "gamma")
+
+
+def fake_manifest(
+    version: str,
+    budget: float,
+    sharing: str,
+    accuracies: tuple[float, float, float],
+    over_budget: bool = False,
+) -> dict[str, Any]:
+    """A consistent manifest: domain ``d`` uses every backbone channel ``c`` with
+    ``(c + d) % 3 != 0`` of the first ``ceil(budget * width)`` channels of each block."""
+    full = ARCH.full_mid_channels()
+    used = [
+        [[c for c in range(max(1, round(budget * w))) if (c + d) % 3 != 0] for w in full]
+        for d in range(len(DOMAINS))
+    ]
+    origin = [sorted({c for d in used for c in d[b]}) for b in range(len(full))]
+    domains = []
+    for d, name in enumerate(DOMAINS):
+        mids = [len(ch) for ch in used[d]]
+        fraction = sum(mids) / sum(full)
+        domains.append(
+            {
+                "name": name,
+                "labels": ["a", "b"],
+                "channels": [[origin[b].index(c) for c in used[d][b]] for b in range(len(full))],
+                "mid_channels": mids,
+                "params_fraction": budget + 0.05 if over_budget and d == 1 else fraction,
+                "macs_fraction": fraction,
+                "test_accuracy": accuracies[d],
+                "val_accuracy": accuracies[d],
+            }
+        )
+    return {
+        "format": "multidomain-pruning-artifact",
+        "format_version": 1,
+        "model_name": "fake",
+        "version": version,
+        "architecture": ARCH.to_dict(),
+        "compact_mid_channels": [len(o) for o in origin],
+        "compact_channel_origin": origin,
+        "budget": budget,
+        "budget_metric": "both",
+        "sharing": {"variant": sharing, "weight": 5.0, "learnable_weight": False},
+        "backbone": {"params": 10_000, "macs": 100_000},
+        "compact": {"params": int(8_000 * budget), "params_fraction": 0.8 * budget},
+        "mean_test_accuracy": sum(accuracies) / len(accuracies),
+        "training": {"config": {}, "wall_time_s": 12.5},
+        "domains": domains,
+    }
+
+
+def write_manifest(store: Path, manifest: dict[str, Any]) -> Path:
+    folder = store / manifest["model_name"] / manifest["version"]
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert len(data) > 1000 and data.startswith(PNG_MAGIC), path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    store = tmp_path / "store"
+    write_manifest(store, fake_manifest("b1", 1.0, "none", (0.9, 0.8, 0.7)))
+    write_manifest(store, fake_manifest("b05-union", 0.5, "union", (0.85, 0.75, 0.65)))
+    write_manifest(store, fake_manifest("b05-none", 0.5, "none", (0.8, 0.7, 0.6)))
+    return store
+
+
+def test_report_from_a_model_store(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "nested"
+    report = build_report([store], out)
+
+    rows = report["rows"]
+    assert [(r["budget"], r["sharing"]) for r in rows] == [
+        (1.0, "none"),
+        (0.5, "none"),
+        (0.5, "union"),
+    ]
+    union = rows[2]
+    assert union["version"] == "b05-union"
+    assert union["test_accuracy"] == {"alpha": 0.85, "beta": 0.75, "gamma": 0.65}
+    assert union["mean_test_accuracy"] == pytest.approx(0.75)
+    assert union["compact_params_fraction"] == pytest.approx(0.4)
+    assert union["wall_time_s"] == 12.5
+    assert set(union["domain_macs_fraction"]) == set(DOMAINS)
+    assert all(r["budget_check"] == "ok" for r in rows)
+    assert report["budget_check"] == {"ok": 3, "over": 0, "unchecked": 0}
+
+    plots = report["plots"]
+    assert plots["accuracy_vs_budget"] == "accuracy_vs_budget.png"
+    assert plots["cost_vs_budget"] == "cost_vs_budget.png"
+    assert sorted(plots["channel_usage"]) == [
+        "channel_usage_fake_b05-none.png",
+        "channel_usage_fake_b05-union.png",
+        "channel_usage_fake_b1.png",
+    ]
+    for name in [plots["accuracy_vs_budget"], plots["cost_vs_budget"], *plots["channel_usage"]]:
+        assert_png(out / name)
+    assert json.loads((out / "report.json").read_text())["rows"] == rows
+    markdown = (out / "report.md").read_text()
+    assert "](accuracy_vs_budget.png)" in markdown and "](cost_vs_budget.png)" in markdown
+    assert "](channel_usage_fake_b1.png)" in markdown
+    assert markdown.count("every domain within budget") == 3
+    assert "OVER" not in markdown
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_channel_usage_maps_compact_indices_to_backbone_channels(store: Path) -> None:
+    manifest = json.loads((store / "fake" / "b05-union" / "manifest.json").read_text())
+    usage = channel_usage(manifest)
+    assert usage is not None and usage.backbone_positions
+    assert usage.widths == ARCH.full_mid_channels()
+    # block 0 has 8 channels, budget 0.5 -> first 4; domain 0 skips c % 3 == 0
+    assert usage.used[0][0] == {1, 2}
+    assert usage.kept[0] == {0, 1, 2, 3}
+
+
+def test_over_budget_domain_is_flagged(store: Path, tmp_path: Path) -> None:
+    write_manifest(store, fake_manifest("bad", 0.5, "jaccard", (0.8, 0.8, 0.8), over_budget=True))
+    report = build_report([store], tmp_path / "out")
+    bad = next(r for r in report["rows"] if r["version"] == "bad")
+    assert bad["budget_check"] == "over"
+    assert bad["budget_notes"] == ["beta params_fraction 0.5500 > budget 0.5"]
+    assert report["budget_check"]["over"] == 1
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "`fake/bad`: **OVER BUDGET**: beta params_fraction 0.5500 > budget 0.5" in markdown
+
+    result = CliRunner().invoke(app, ["report", str(store), "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 1
+    assert "over budget: fake/bad" in result.output
+    assert (tmp_path / "cli" / "report.md").is_file()
+
+
+def test_many_runs_draw_channel_usage_only_at_the_default_budget(
+    store: Path, tmp_path: Path
+) -> None:
+    for k, budget in enumerate((0.75, 0.25, 0.25)):
+        write_manifest(store, fake_manifest(f"extra{k}", budget, "union", (0.5, 0.5, 0.5)))
+    report = build_report([store], tmp_path / "out", max_channel_plots=4)
+    assert sorted(report["plots"]["channel_usage"]) == [
+        "channel_usage_fake_b05-none.png",
+        "channel_usage_fake_b05-union.png",
+    ]
+
+
+def test_grid_json_with_and_without_artifacts(store: Path, tmp_path: Path) -> None:
+    rows = [
+        {"artifact": str(store / "fake" / "b1"), "budget": 1.0, "sharing": "none"},
+        {
+            "artifact": "gone/grid/b0.25-union",
+            "budget": 0.25,
+            "sharing": "union",
+            "mean_test_accuracy": 0.6,
+            "test_accuracy": {"alpha": 0.6, "beta": 0.6, "gamma": 0.6},
+            "compact_params_fraction": 0.3,
+            "domain_macs_fraction": {"alpha": 0.2, "beta": 0.25, "gamma": 0.24},
+            "domain_params_fraction": {"alpha": 0.2, "beta": 0.24, "gamma": 0.3},
+            "wall_time_s": 40.0,
+        },
+    ]
+    grid = {
+        "backbone": {"mean_test_accuracy": 0.88, "test_accuracy": {}},
+        "grid": rows,
+        "reference_finetuned_alone": {
+            "alpha": {"test_accuracy": 0.9},
+            "beta": {"test_accuracy": 0.8},
+            "gamma": {"test_accuracy": 1.0},
+        },
+    }
+    grid_file = tmp_path / "budget_grid.json"
+    grid_file.write_text(json.dumps(grid))
+    # the store is named too: its b1 run must not appear twice
+    report = build_report([grid_file, store], tmp_path / "out")
+    versions = [(r["version"], r["budget_check"]) for r in report["rows"]]
+    assert versions == [
+        ("b1", "ok"),
+        ("b05-none", "ok"),
+        ("b05-union", "ok"),
+        ("b0.25-union", "over"),  # gamma's params 0.3 > 0.25
+    ]
+    assert report["rows"][-1]["channel_usage_plot"] is None
+    assert [(r["label"], r["mean_test_accuracy"]) for r in report["references"]] == [
+        ("backbone (pre-trained, all domains)", 0.88),
+        ("each domain fine-tuned alone", pytest.approx(0.9)),
+    ]
+    assert_png(tmp_path / "out" / "accuracy_vs_budget.png")
+
+
+def test_tiny_artifact_without_optional_fields(tmp_path: Path) -> None:
+    from tests.artifacts import write_tiny_artifact
+
+    path = write_tiny_artifact(tmp_path / "store")
+    report = build_report([path], tmp_path / "out")
+    (row,) = report["rows"]
+    assert row["mean_test_accuracy"] == pytest.approx(0.5)
+    assert row["compact_params_fraction"] is None
+    assert row["budget_check"] == "unchecked"
+    assert row["channel_usage_plot"] == "channel_usage_tiny_v1.png"
+    assert_png(tmp_path / "out" / "channel_usage_tiny_v1.png")
+    assert report["plots"]["cost_vs_budget"] is None
+    assert "not checked" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "not-json", "other-json"])
+def test_bad_input_is_a_one_line_error(kind: str, tmp_path: Path) -> None:
+    target = tmp_path / "input"
+    if kind == "empty":
+        target.mkdir()
+    elif kind == "not-json":
+        target.write_text("{nope")
+    elif kind == "other-json":
+        target.write_text(json.dumps({"hello": 1}))
+    result = CliRunner().invoke(app, ["report", str(target), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and str(target) in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
