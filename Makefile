@@ -34,7 +34,7 @@ pipeline: setup
 test: setup system-deps
 	$(BIN)/python -m pytest -q
 
-test-unit: setup
+test-unit: setup system-deps
 	$(BIN)/python -m pytest -q -m "not integration"
 
 test-integration: setup system-deps

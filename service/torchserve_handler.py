@@ -1,0 +1,371 @@
+"""TorchServe custom handler: the same multi-domain artifact the FastAPI service serves.
+
+Packaged by :func:`service.torchserve_export.export_mar` into ``<name>.mar`` together with the
+artifact (``weights.safetensors`` + ``manifest.json``) and a copy of the ``multidomain`` package,
+so the worker needs no project install: only torch, torchvision, safetensors and Pillow.
+This module imports nothing from FastAPI or pydantic for the same reason.
+
+Requests (``POST /predictions/<model>``), the domain taken from the request:
+
+* raw image body (``Content-Type: image/*`` or ``application/octet-stream``) with the header
+  ``X-Domain: <domain>`` (the main path); optional header ``X-Top-K`` (default 5);
+* JSON body (``Content-Type: application/json``):
+  ``{"domain": "<domain>", "image": "<base64>", "top_k": 3}``; the header ``X-Domain`` may
+  name the domain instead (if both are given they must agree);
+* multipart form with the image in the field ``file`` (or ``data``); the domain in the header
+  ``X-Domain`` or the form field ``domain``, optional form field ``top_k``.
+
+TorchServe 0.12 does not hand query parameters of a POST to the handler: ``?domain=`` is ignored.
+
+Response: the FastAPI service's ``PredictResponse``,
+``{"model", "version", "domain", "predictions": [{"label", "index", "probability"}, ...]}``.
+Bad input answers with its own 4xx status and the service's error body
+``{"error": {"code", "type", "message"}}``, per request: one bad request in a TorchServe batch
+does not fail the others. Codes: no domain 400, unknown domain 404, unsupported media type 415,
+undecodable image or too many pixels 422, invalid ``top_k`` 422.
+
+TorchServe batches requests of every domain together; :meth:`MultiDomainHandler.handle` groups
+a batch by domain and runs each domain's compact subnetwork once on its group.
+
+Settings: the ``handler:`` section of the archive's model config (written at export time), each
+overridden by the same ``MDP_*`` environment variable the FastAPI service reads:
+``torch_threads`` (``MDP_TORCH_THREADS``, default 2), ``max_image_pixels``
+(``MDP_MAX_IMAGE_PIXELS``, default 4096*4096), ``default_top_k`` (default 5).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from multidomain.artifact import Artifact, DomainEntry, load_artifact
+from multidomain.preprocess import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_image,
+    eval_transform,
+)
+
+logger = logging.getLogger(__name__)
+
+DOMAIN_HEADER = "x-domain"
+TOP_K_HEADER = "x-top-k"
+DEFAULT_TOP_K = 5
+DEFAULT_TORCH_THREADS = 2
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+ENV_PREFIX = "MDP_"
+#: Parameter names TorchServe gives the image: the raw body, or a multipart field.
+IMAGE_FIELDS = ("body", "file", "data")
+#: Raw-body media types read as an image (besides ``image/*``).
+RAW_TYPES = frozenset({"", "application/octet-stream"})
+JSON_TYPE = "application/json"
+_JSON_SEPARATORS = (",", ":")
+
+
+class TorchServeContext(Protocol):
+    """The part of ``ts.context.Context`` the handler uses."""
+
+    @property
+    def system_properties(self) -> dict[str, Any]: ...
+
+    model_yaml_config: dict[str, Any] | None
+
+    def get_all_request_header(self, idx: int) -> dict[str, Any]: ...
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None: ...
+
+    def set_response_content_type(self, idx: int, value: str) -> None: ...
+
+
+class RequestError(Exception):
+    """Bad input of one request: its HTTP status, error type and message."""
+
+    def __init__(self, status: int, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type_
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.status, "type": self.type, "message": self.message}}
+
+
+def _malformed(message: str) -> RequestError:
+    return RequestError(400, "malformed_request", message)
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    torch_threads: int = DEFAULT_TORCH_THREADS
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    default_top_k: int = DEFAULT_TOP_K
+
+    @classmethod
+    def load(
+        cls, section: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None
+    ) -> HandlerConfig:
+        """From the model config's ``handler:`` section, ``MDP_<NAME>`` variables overriding it.
+        Raises ``ValueError`` naming a bad value."""
+        environ = os.environ if environ is None else environ
+        section = section or {}
+        values: dict[str, int] = {}
+        for name in ("torch_threads", "max_image_pixels", "default_top_k"):
+            env_name = f"{ENV_PREFIX}{name.upper()}"
+            raw: Any = environ.get(env_name, section.get(name, getattr(cls, name)))
+            where = env_name if env_name in environ else f"handler.{name}"
+            try:
+                value = int(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: expected an integer >= 1, got {raw!r}") from None
+            if isinstance(raw, bool) or value < 1 or str(value) != str(raw).strip():
+                raise ValueError(f"{where}: expected an integer >= 1, got {raw!r}")
+            values[name] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class _Domain:
+    entry: DomainEntry
+    network: nn.Module
+    transform: Callable[[Image.Image], Tensor]
+
+
+@dataclass(frozen=True)
+class _Request:
+    domain: _Domain
+    image: bytes
+    top_k: int
+
+
+class MultiDomainHandler:
+    """Loads the artifact once (``initialize``), then answers batches (``handle``)."""
+
+    def __init__(self) -> None:
+        self.initialized = False
+        self.config = HandlerConfig()
+        self.model_name = ""
+        self.version = ""
+        self.domains: dict[str, _Domain] = {}
+
+    def initialize(self, context: TorchServeContext) -> None:
+        """Verify and load the artifact in the model dir, build every domain's compact
+        subnetwork and run one image through each. Raises ``ArtifactError``/``ValueError``."""
+        started = time.perf_counter()
+        yaml_config = context.model_yaml_config or {}
+        section = yaml_config.get("handler") if isinstance(yaml_config, dict) else None
+        self.config = HandlerConfig.load(section if isinstance(section, dict) else None)
+        torch.set_num_threads(self.config.torch_threads)
+        model_dir = Path(str(context.system_properties["model_dir"]))
+        artifact: Artifact = load_artifact(model_dir)
+        self.model_name, self.version = artifact.name, artifact.version
+        domains = {}
+        for entry in artifact.domains:
+            size = entry.image_size
+            network = artifact.subnet(entry.name)
+            with torch.inference_mode():
+                network(torch.zeros(1, 3, size, size))  # warm-up
+            domains[entry.name] = _Domain(
+                entry, network, eval_transform(size, entry.mean, entry.std)
+            )
+        self.domains = domains
+        self.initialized = True
+        logger.info(
+            "loaded %s %s from %s: domains %s, torch threads %d, in %.2f s",
+            self.model_name,
+            self.version,
+            model_dir,
+            ", ".join(domains),
+            self.config.torch_threads,
+            time.perf_counter() - started,
+        )
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def handle(self, data: list[dict[str, Any]], context: TorchServeContext) -> list[str]:
+        """One JSON response per request, in order; each request's status set on ``context``."""
+        responses: list[dict[str, Any] | None] = [None] * len(data)
+        tensors: dict[int, Tensor] = {}
+        requests: dict[int, _Request] = {}
+        for idx, row in enumerate(data):
+            try:
+                request = self._parse(row, _headers(context, idx))
+                tensors[idx] = self._preprocess(request)
+                requests[idx] = request
+            except RequestError as exc:
+                responses[idx] = self._fail(context, idx, exc)
+        groups: dict[str, list[int]] = {}
+        for idx, request in requests.items():
+            groups.setdefault(request.domain.entry.name, []).append(idx)
+        logger.debug(
+            "batch of %d: %s, %d rejected",
+            len(data),
+            ", ".join(f"{name} x{len(indices)}" for name, indices in groups.items()),
+            len(data) - len(requests),
+        )
+        for name, indices in groups.items():
+            domain = self.domains[name]
+            try:
+                with torch.inference_mode():
+                    batch = torch.stack([tensors[i] for i in indices])
+                    probabilities = torch.softmax(domain.network(batch), dim=1)
+            except Exception:
+                logger.exception("forward pass of domain %s failed", name)
+                error = RequestError(500, "internal", "internal error")
+                for idx in indices:
+                    responses[idx] = self._fail(context, idx, error)
+                continue
+            for idx, row in zip(indices, probabilities, strict=True):
+                responses[idx] = self._answer(context, idx, domain, row, requests[idx].top_k)
+        return [json.dumps(r, separators=_JSON_SEPARATORS) for r in responses]
+
+    def _parse(self, row: Mapping[str, Any], headers: Mapping[str, str]) -> _Request:
+        media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        body: Any = next((row[f] for f in IMAGE_FIELDS if row.get(f) is not None), None)
+        fields: Mapping[str, Any] = {}
+        image: bytes | None = None
+        if isinstance(body, dict):
+            fields = body
+        elif media_type == JSON_TYPE:
+            raise _malformed("the JSON body must be an object with 'domain' and 'image' fields")
+        elif isinstance(body, bytes | bytearray):
+            image = bytes(body)
+        top_k = self._top_k(_first(headers.get(TOP_K_HEADER), fields.get("top_k"), row, "top_k"))
+        domain = self._domain(headers.get(DOMAIN_HEADER), fields.get("domain"), row)
+        if fields:
+            image = _base64_image(fields.get("image"))
+        elif image is None or not (
+            media_type.startswith("image/")
+            or media_type in RAW_TYPES
+            or media_type == "multipart/form-data"
+        ):
+            raise RequestError(
+                415,
+                "unsupported_media_type",
+                f"unsupported media type {media_type or 'none'!r}: send a raw image/* body with "
+                "the header X-Domain, or application/json with 'domain' and base64 'image'",
+            )
+        return _Request(domain, image, top_k)
+
+    def _domain(self, header: str | None, field: Any, row: Mapping[str, Any]) -> _Domain:
+        if field is not None and not isinstance(field, str):
+            raise _malformed("the JSON field 'domain' must be a string")
+        if header is not None and field is not None and header.strip() != field:
+            raise _malformed(
+                f"the header X-Domain ({header.strip()!r}) and the JSON field 'domain' "
+                f"({field!r}) disagree"
+            )
+        name = _first(header, field, row, "domain")
+        if name is None or not str(name).strip():
+            raise _malformed(
+                "no domain: send the header X-Domain (or the JSON or form field 'domain')"
+            )
+        name = str(name).strip()
+        try:
+            return self.domains[name]
+        except KeyError:
+            known = ", ".join(sorted(self.domains))
+            raise RequestError(
+                404, "unknown_domain", f"unknown domain {name!r}; known domains: {known}"
+            ) from None
+
+    def _top_k(self, raw: Any) -> int:
+        if raw is None:
+            return self.config.default_top_k
+        text = str(raw).strip()
+        if isinstance(raw, bool) or not text.isdigit() or int(text) < 1:
+            raise RequestError(
+                422,
+                "invalid_request",
+                f"invalid request: top_k must be an integer >= 1, got {raw!r}",
+            )
+        return int(text)
+
+    def _preprocess(self, request: _Request) -> Tensor:
+        try:
+            image = decode_image(request.image, self.config.max_image_pixels)
+        except ImageTooLargeError as exc:
+            raise RequestError(422, "image_too_large", str(exc)) from None
+        except ImageDecodeError as exc:
+            raise RequestError(422, "bad_image", str(exc)) from None
+        try:
+            return request.domain.transform(image)
+        finally:
+            image.close()
+
+    def _answer(
+        self, context: TorchServeContext, idx: int, domain: _Domain, row: Tensor, top_k: int
+    ) -> dict[str, Any]:
+        labels = domain.entry.labels
+        values, indices = torch.topk(row, min(top_k, len(labels)))
+        context.set_response_status(200, "OK", idx)
+        context.set_response_content_type(idx, JSON_TYPE)
+        return {
+            "model": self.model_name,
+            "version": self.version,
+            "domain": domain.entry.name,
+            "predictions": [
+                {"label": labels[i], "index": i, "probability": p}
+                for p, i in zip(values.tolist(), indices.tolist(), strict=True)
+            ],
+        }
+
+    @staticmethod
+    def _fail(context: TorchServeContext, idx: int, error: RequestError) -> dict[str, Any]:
+        context.set_response_status(error.status, HTTPStatus(error.status).phrase, idx)
+        context.set_response_content_type(idx, JSON_TYPE)
+        return error.body()
+
+
+def _headers(context: TorchServeContext, idx: int) -> dict[str, str]:
+    """The request's HTTP headers, names lower-cased (TorchServe also lists each parameter's
+    content type under the parameter's name, as a dict: those entries are skipped)."""
+    return {
+        str(k).lower(): v
+        for k, v in context.get_all_request_header(idx).items()
+        if isinstance(v, str)
+    }
+
+
+def _first(header: Any, field: Any, row: Mapping[str, Any], form_field: str) -> Any:
+    """Header, else JSON field, else multipart form field (TorchServe gives form fields as
+    request parameters, their values as bytes)."""
+    for value in (header, field, row.get(form_field)):
+        if value is not None:
+            if isinstance(value, bytes | bytearray):
+                return bytes(value).decode("utf-8", "replace")
+            return value
+    return None
+
+
+def _base64_image(value: Any) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise _malformed("the JSON field 'image' must hold the image as a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise _malformed("the JSON field 'image' is not valid base64") from None
+
+
+_HANDLER = MultiDomainHandler()
+
+
+def handle(data: list[dict[str, Any]] | None, context: TorchServeContext) -> list[str] | None:
+    """TorchServe's entry point: ``handle(None, context)`` initialises, then batches follow."""
+    if not _HANDLER.initialized:
+        _HANDLER.initialize(context)
+    if data is None:
+        return None
+    return _HANDLER.handle(data, context)
