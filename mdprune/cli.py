@@ -129,8 +129,9 @@ def _train_and_export(
     model_name: str,
     version: str | None,
 ) -> Path:
-    from training.budget import BudgetConfig, export_artifact, train_budget_aware
+    from training.budget import BudgetConfig, artifact_target, export_artifact, train_budget_aware
 
+    artifact_target(model_store, model_name, version)  # fail before training, not after
     config = BudgetConfig(
         budget=budget,
         budget_metric=budget_metric,  # type: ignore[arg-type]
@@ -210,10 +211,11 @@ def pipeline(
     """The main job: data -> backbone -> budget-aware training -> prune -> export -> serve."""
     with clean_errors():
         from multidomain.arch import ArchSpec
-        from training.budget import BudgetConfig
+        from training.budget import BudgetConfig, artifact_target
         from training.pretrain import PretrainConfig, pretrain_backbone
 
         BudgetConfig(budget=budget, budget_metric=budget_metric, sharing=sharing)  # type: ignore[arg-type]
+        artifact_target(model_store, model_name, version)
         arch = ArchSpec(width_mult=width_mult, image_size=image_size)
         loaded = _load(domains, cache_dir, image_size, seed)
         pretrain_backbone(
@@ -234,13 +236,22 @@ def pipeline(
             version,
         )
     if serve:
-        first = next(iter(loaded))
+        sample = _write_sample_image(next(iter(loaded.values())), run_dir)
         typer.echo(
-            f"serving {path} on http://127.0.0.1:{port}; try:\n"
-            f"  curl -s -X POST -H 'Content-Type: image/png' --data-binary @<image.png> "
-            f"http://127.0.0.1:{port}/v1/domains/{first}/predict"
+            f"serving {path} on http://127.0.0.1:{port} (Ctrl-C stops it); try:\n"
+            f"  curl -s -X POST -H 'Content-Type: image/png' --data-binary @{sample} "
+            f"http://127.0.0.1:{port}/v1/domains/{sample.stem.split('-', 1)[1]}/predict"
         )
         _serve(["--model-store", str(model_store), "--model-name", model_name, "--port", str(port)])
+
+
+def _write_sample_image(domain: Any, folder: Path) -> Path:
+    """The domain's first test image as a PNG, for the curl example."""
+    from PIL import Image
+
+    target = folder / f"sample-{domain.name}.png"
+    Image.fromarray(domain.images["test"][0]).save(target)
+    return target
 
 
 @app.command()

@@ -357,6 +357,17 @@ def compact_logit_difference(
     return diffs
 
 
+def artifact_target(model_store: Path, model_name: str, version: str | None) -> Path:
+    """``model_store/<name>/<version>`` (version defaults to a UTC timestamp); refuses an
+    existing folder so that a finished artifact is never overwritten."""
+    check_name("model name", model_name)
+    version = check_name("version", version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    target = Path(model_store) / model_name / version
+    if target.exists():
+        raise RunError(f"{target} already exists; choose another version")
+    return target
+
+
 def export_artifact(
     trained: TrainedModel,
     model_store: Path,
@@ -364,11 +375,8 @@ def export_artifact(
     version: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Evaluate, prune and write ``model_store/<name>/<version>``; returns path and manifest."""
-    check_name("model name", model_name)
-    version = check_name("version", version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
-    target = Path(model_store) / model_name / version
-    if target.exists():
-        raise RunError(f"{target} already exists; choose another version")
+    target = artifact_target(model_store, model_name, version)
+    version = target.name
     model, arch, domains = trained.model, trained.model.arch, trained.domains
     val = evaluate(model, domains, "val", trained.domain_masks)
     test = evaluate(model, domains, "test", trained.domain_masks)

@@ -68,14 +68,19 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def mar(artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = TorchServeModelConfig(batch_size=8, max_batch_delay_ms=20, torch_threads=1)
+    config = TorchServeModelConfig(batch_size=8, max_batch_delay_ms=20, torch_threads=2)
     return export_mar(artifact_dir, tmp_path_factory.mktemp("mars"), "tiny", config)
 
 
 @pytest.fixture(scope="module")
 def torchserve(mar: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTorchServe]:
     repo_logs = (ROOT / "logs").exists()
-    server = LocalTorchServe(mar.parent, {"tiny": mar.name}, tmp_path_factory.mktemp("ts"))
+    server = LocalTorchServe(
+        mar.parent,
+        {"tiny": mar.name},
+        tmp_path_factory.mktemp("ts"),
+        env={"MDP_TORCH_THREADS": "1"},  # overrides the archive's torch_threads: 2
+    )
     try:
         with server:
             yield server
@@ -145,7 +150,7 @@ def test_archive_holds_handler_artifact_code_and_config(mar: Path, artifact_dir:
         "multidomain/preprocess.py",
     } <= names
     assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)
-    assert "batchSize: 8" in config and "torch_threads: 1" in config
+    assert "batchSize: 8" in config and "torch_threads: 2" in config
 
 
 def test_model_config_reaches_torchserve(torchserve: LocalTorchServe) -> None:
@@ -153,6 +158,12 @@ def test_model_config_reaches_torchserve(torchserve: LocalTorchServe) -> None:
     assert described["modelVersion"] == "v1"
     assert (described["batchSize"], described["maxBatchDelay"]) == (8, 20)
     assert [w["status"] for w in described["workers"]] == ["READY"]
+    log = (torchserve.log_dir / "model_log.log").read_text(encoding="utf-8")
+    (loaded,) = [line for line in log.splitlines() if "loaded tiny v1 from" in line]
+    assert "torch threads 1," in loaded  # MDP_TORCH_THREADS reached the worker
+    # the worker imported the archive's copy of multidomain, not the project's
+    model_dir = loaded.split(" from ", 1)[1].split(":", 1)[0]
+    assert f"(multidomain from {model_dir}/multidomain)" in loaded
 
 
 def test_predictions_equal_offline_model_and_fastapi(
@@ -194,7 +205,7 @@ def test_predictions_equal_offline_model_and_fastapi(
         torch.testing.assert_close(distribution(fastapi_body), got, atol=1e-5, rtol=0)
 
 
-def test_json_variant_and_default_top_k(client: httpx.Client) -> None:
+def test_json_and_multipart_variants_and_default_top_k(client: httpx.Client) -> None:
     domain, data, content_type = CASES[-1]  # digits: 10 classes
     raw = client.post(
         "/predictions/tiny",
@@ -205,9 +216,16 @@ def test_json_variant_and_default_top_k(client: httpx.Client) -> None:
         "/predictions/tiny",
         json={"domain": domain, "image": base64.b64encode(data).decode(), "top_k": 3},
     )
-    assert raw.status_code == 200 and as_json.status_code == 200, (raw.text, as_json.text)
+    form = client.post(
+        "/predictions/tiny",
+        files={"file": ("image", data, content_type)},
+        data={"domain": domain, "top_k": "2"},
+    )
+    for reply in (raw, as_json, form):
+        assert reply.status_code == 200, reply.text
     assert len(raw.json()["predictions"]) == 5
     assert as_json.json()["predictions"] == raw.json()["predictions"][:3]
+    assert form.json()["predictions"] == raw.json()["predictions"][:2]
 
 
 def test_bad_input_is_4xx_with_the_service_error_shape(

@@ -83,6 +83,9 @@ def test_pretrain_resumes_from_checkpoint(
     assert (tmp_path / "backbone.safetensors").exists()
     assert not (tmp_path / "checkpoint.json").exists()
     assert record["config"]["steps"] == 6
+    weights = (tmp_path / "backbone.safetensors").read_bytes()
+    assert pretrain_backbone(domains, ARCH, config, tmp_path) == record  # reused, not retrained
+    assert (tmp_path / "backbone.safetensors").read_bytes() == weights
     other = PretrainConfig(steps=7, batch_size=8)
     with pytest.raises(RunError, match="another configuration"):
         pretrain_backbone(domains, ARCH, other, tmp_path)
