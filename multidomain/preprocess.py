@@ -9,7 +9,7 @@ import io
 from collections.abc import Sequence
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
 
 __all__ = [
@@ -99,6 +99,11 @@ def decode_image(
         image = Image.open(io.BytesIO(data), formats=list(formats) if formats else None)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image too large: {_one_line(exc)}") from None
+    except UnidentifiedImageError:
+        accepted = ", ".join(formats or DEFAULT_FORMATS)
+        raise ImageDecodeError(
+            f"cannot decode image: not a recognised image format (accepted: {accepted})"
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"cannot decode image: {_one_line(exc)}") from None
     width, height = image.size

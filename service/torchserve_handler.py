@@ -51,6 +51,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+import multidomain
 from multidomain.artifact import Artifact, DomainEntry, load_artifact
 from multidomain.preprocess import (
     ImageDecodeError,
@@ -101,6 +102,9 @@ class RequestError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.status, "type": self.type, "message": self.message}}
+
+
+_INTERNAL = RequestError(500, "internal", "internal error")
 
 
 def _malformed(message: str) -> RequestError:
@@ -183,13 +187,14 @@ class MultiDomainHandler:
         self.domains = domains
         self.initialized = True
         logger.info(
-            "loaded %s %s from %s: domains %s, torch threads %d, in %.2f s",
+            "loaded %s %s from %s: domains %s, torch threads %d, in %.2f s (multidomain from %s)",
             self.model_name,
             self.version,
             model_dir,
             ", ".join(domains),
-            self.config.torch_threads,
+            torch.get_num_threads(),
             time.perf_counter() - started,
+            Path(multidomain.__file__).parent,
         )
 
     # -- requests -----------------------------------------------------------------------------
@@ -206,6 +211,9 @@ class MultiDomainHandler:
                 requests[idx] = request
             except RequestError as exc:
                 responses[idx] = self._fail(context, idx, exc)
+            except Exception:  # never fail the whole batch (TorchServe's 503) for one request
+                logger.exception("preprocessing request %d of the batch failed", idx)
+                responses[idx] = self._fail(context, idx, _INTERNAL)
         groups: dict[str, list[int]] = {}
         for idx, request in requests.items():
             groups.setdefault(request.domain.entry.name, []).append(idx)
@@ -223,9 +231,8 @@ class MultiDomainHandler:
                     probabilities = torch.softmax(domain.network(batch), dim=1)
             except Exception:
                 logger.exception("forward pass of domain %s failed", name)
-                error = RequestError(500, "internal", "internal error")
                 for idx in indices:
-                    responses[idx] = self._fail(context, idx, error)
+                    responses[idx] = self._fail(context, idx, _INTERNAL)
                 continue
             for idx, row in zip(indices, probabilities, strict=True):
                 responses[idx] = self._answer(context, idx, domain, row, requests[idx].top_k)
@@ -234,17 +241,14 @@ class MultiDomainHandler:
     def _parse(self, row: Mapping[str, Any], headers: Mapping[str, str]) -> _Request:
         media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         body: Any = next((row[f] for f in IMAGE_FIELDS if row.get(f) is not None), None)
-        fields: Mapping[str, Any] = {}
-        image: bytes | None = None
-        if isinstance(body, dict):
-            fields = body
-        elif media_type == JSON_TYPE:
+        is_json = isinstance(body, dict)
+        fields: Mapping[str, Any] = body if is_json else {}
+        if not is_json and media_type == JSON_TYPE:  # not an object, or not valid JSON
             raise _malformed("the JSON body must be an object with 'domain' and 'image' fields")
-        elif isinstance(body, bytes | bytearray):
-            image = bytes(body)
+        image = bytes(body) if isinstance(body, bytes | bytearray) else None
         top_k = self._top_k(_first(headers.get(TOP_K_HEADER), fields.get("top_k"), row, "top_k"))
         domain = self._domain(headers.get(DOMAIN_HEADER), fields.get("domain"), row)
-        if fields:
+        if is_json:
             image = _base64_image(fields.get("image"))
         elif image is None or not (
             media_type.startswith("image/")
