@@ -28,7 +28,8 @@ RUN pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" 
         --index-url "${TORCH_INDEX_URL}"
 COPY pyproject.toml ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['training']))" > /tmp/requirements.txt \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['training'] \
+               + ['torch-model-archiver==0.12.0', 'pyyaml>=6']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && pip install --no-deps "animal-mnist==${ANIMAL_MNIST_VERSION}" \
     && rm /tmp/requirements.txt
@@ -37,6 +38,7 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['training']))" > 
 COPY README.md ./
 COPY multidomain ./multidomain
 COPY training ./training
+COPY service ./service
 COPY mdprune ./mdprune
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 

@@ -314,7 +314,13 @@ def report(
 
 @app.command("torchserve-export")
 def torchserve_export(
-    path: Annotated[Path, typer.Argument(help="Artifact folder (model_store/<name>/<version>).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Artifact folder (model_store/<name>/<version>), or model_store/<name> for "
+            "its newest version."
+        ),
+    ],
     model_store: Annotated[Path, typer.Option(help="Folder the .mar is written into.")] = Path(
         "model_store"
     ),
@@ -328,8 +334,11 @@ def torchserve_export(
 ) -> None:
     """Package an artifact for TorchServe: <model-store>/<name>.mar (handler, artifact, code)."""
     with clean_errors():
-        from multidomain.artifact import load_artifact
+        from multidomain.artifact import MANIFEST_FILE, load_artifact, resolve_artifact
         from service.torchserve_export import TorchServeModelConfig, export_mar
+
+        if not (path / MANIFEST_FILE).is_file() and path.is_dir():
+            path = resolve_artifact(path.parent, path.name)
 
         config = TorchServeModelConfig(
             batch_size=batch_size,

@@ -37,7 +37,7 @@ TRAINER_DOCKERFILE = DOCKER / "trainer.Dockerfile"
 DOCKERFILES = [SERVICE_DOCKERFILE, TRAINER_DOCKERFILE]
 PACKAGES = ("multidomain", "training", "service", "mdprune")
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
-EXPECTED_SERVICES = {"trainer", "service", "prometheus", "grafana", "torchserve"}
+EXPECTED_SERVICES = {"trainer", "service", "prometheus", "grafana", "mar-export", "torchserve"}
 
 
 def require_tool(name: str, package: str) -> str:
@@ -603,3 +603,15 @@ def test_promql_check_rejects_a_broken_expression(tmp_path: Path) -> None:
         yaml.safe_dump({"groups": [{"name": "g", "rules": [{"record": "r:x", "expr": broken}]}]})
     )
     assert run_tool([promtool, "check", "rules", str(path)]).returncode != 0
+
+
+def test_torchserve_image_is_pinned_non_root_and_healthchecked() -> None:
+    lines = [
+        line.strip()
+        for line in (DOCKER / "torchserve.Dockerfile").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert lines[0] == "FROM pytorch/torchserve:0.12.0-cpu"
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in {"root", "0"}
+    assert any(line.startswith("HEALTHCHECK") for line in lines)
