@@ -1,0 +1,167 @@
+"""Closed-loop mixed-domain load against a server on 127.0.0.1, shared by the serving benchmarks.
+
+``C`` clients each send a request, wait for its answer and send the next, until ``total``
+answers have arrived (after ``warmup`` unmeasured ones). Requests cycle through every domain in a
+fixed shuffled order, each a PNG of the domain's input size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from multidomain.artifact import load_artifact
+from service.torchserve_local import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Request:
+    domain: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    make: Callable[[Request], tuple[str, dict[str, str]]]  # -> (path, headers)
+
+
+def make_requests(artifact_path: Path, per_domain: int, seed: int) -> list[Request]:
+    """``per_domain`` random PNGs of every domain at its input size, in a shuffled order."""
+    artifact = load_artifact(artifact_path)
+    rng = np.random.default_rng(seed)
+    requests = []
+    for entry in artifact.domains:
+        side = entry.image_size
+        for _ in range(per_domain):
+            pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
+            requests.append(Request(entry.name, buffer.getvalue()))
+    random.Random(seed).shuffle(requests)
+    return requests
+
+
+async def closed_loop(
+    target: Target, requests: Sequence[Request], concurrency: int, total: int, warmup: int
+) -> dict[str, Any]:
+    """``concurrency`` clients send ``warmup`` unmeasured requests, then ``total`` measured."""
+    latencies: list[float] = []
+    domains: list[str] = []
+    statuses: dict[int, int] = {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=target.url, limits=limits, timeout=60) as client:
+        sent = 0
+
+        async def worker(count: int, record: bool) -> None:
+            nonlocal sent
+            while sent < count:
+                request = requests[sent % len(requests)]
+                sent += 1
+                path, headers = target.make(request)
+                start = time.perf_counter()
+                reply = await client.post(path, content=request.body, headers=headers)
+                if record:
+                    latencies.append(time.perf_counter() - start)
+                    domains.append(request.domain)
+                    statuses[reply.status_code] = statuses.get(reply.status_code, 0) + 1
+
+        await asyncio.gather(*(worker(warmup, False) for _ in range(concurrency)))
+        sent = 0
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(total, True) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    ms = np.asarray(latencies) * 1000
+    per_domain = {}
+    for name in sorted(set(domains)):
+        own = (
+            np.asarray([lat for lat, d in zip(latencies, domains, strict=True) if d == name]) * 1000
+        )
+        per_domain[name] = {
+            "requests": int(own.size),
+            **{f"p{q}_ms": round(float(np.percentile(own, q)), 2) for q in (50, 95, 99)},
+        }
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": sum(n for code, n in statuses.items() if code != 200),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "wall_s": round(wall, 3),
+        "throughput_rps": round(len(latencies) / wall, 2),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+        "per_domain": per_domain,
+    }
+
+
+def _get_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return int(reply.status) == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def fastapi_server(artifact_path: Path, settings: dict[str, str], log_path: Path) -> Iterator[str]:
+    """``python -m service`` on a free port until the block ends; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, **settings, "MDP_HOST": "127.0.0.1", "MDP_PORT": str(port)}
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "--model-store",
+        str(artifact_path.parents[1]),
+        "--model-name",
+        artifact_path.parent.name,
+        "--model-version",
+        artifact_path.name,
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while not _get_ok(f"{url}/readyz"):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the FastAPI service did not start; see {log_path}")
+                time.sleep(0.25)
+            yield url
+        finally:
+            _stop_group(process)

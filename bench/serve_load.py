@@ -1,0 +1,132 @@
+"""FastAPI service under closed-loop mixed-domain load: micro-batching vs batch size 1.
+
+Starts ``python -m service`` on 127.0.0.1 (by process group) once with ``MDP_MAX_BATCH_SIZE`` =
+``--batch-size`` and once with 1, and at each concurrency drives it from a separate load
+process (``bench/loadgen.py``): throughput, p50/p95/p99 overall and per domain. Writes
+``bench/results/serve_load.{json,md}`` with the command and the settings.
+
+    python bench/serve_load.py model_store/default/<version> [--concurrency 1 8 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import shlex
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from loadgen import Target, closed_loop, fastapi_server, make_requests
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _predict_path(request: Any) -> tuple[str, dict[str, str]]:
+    return f"/v1/domains/{request.domain}/predict", {"Content-Type": "image/png"}
+
+
+def _load(
+    url: str, artifact: str, per_domain: int, concurrency: int, total: int, warmup: int
+) -> dict[str, Any]:
+    requests = make_requests(Path(artifact), per_domain, seed=0)
+    target = Target("fastapi", url, _predict_path)
+    return asyncio.run(closed_loop(target, requests, concurrency, total, warmup))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=1000, help="measured answers per level")
+    parser.add_argument("--warmup", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--images-per-domain", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=RESULTS / "serve_load")
+    args = parser.parse_args()
+    artifact = args.artifact.resolve()
+    rows = []
+    settings_used = {}
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as scratch, ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        for batch in (args.batch_size, 1):
+            settings = {
+                "MDP_MAX_BATCH_SIZE": str(batch),
+                "MDP_MAX_WAIT_MS": str(args.max_wait_ms if batch > 1 else 0),
+                "MDP_TORCH_THREADS": str(args.threads),
+                "MDP_QUEUE_SIZE": "1024",
+                "MDP_LOG_LEVEL": "warning",
+            }
+            settings_used[f"batch_{batch}"] = settings
+            with fastapi_server(artifact, settings, Path(scratch) / f"service-{batch}.log") as url:
+                for concurrency in args.concurrency:
+                    row = pool.submit(
+                        _load, url, str(artifact), args.images_per_domain, concurrency,
+                        args.requests, args.warmup,
+                    ).result()  # fmt: skip
+                    row["max_batch_size"] = batch
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    by_key = {(r["max_batch_size"], r["concurrency"]): r for r in rows}
+    summary = []
+    for concurrency in args.concurrency:
+        batched, single = by_key[(args.batch_size, concurrency)], by_key[(1, concurrency)]
+        summary.append(
+            {
+                "concurrency": concurrency,
+                "throughput_gain": round(batched["throughput_rps"] / single["throughput_rps"], 2),
+                "batched_p99_over_p50": round(batched["p99_ms"] / batched["p50_ms"], 2),
+            }
+        )
+    result = {
+        "command": shlex.join(["python", *sys.argv]),
+        "artifact": str(args.artifact),
+        "settings": settings_used,
+        "rows": rows,
+        "summary": summary,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# FastAPI service: closed-loop mixed-domain load, micro-batching vs batch size 1",
+        "",
+        f"Command: `{result['command']}`; load from a separate process on 127.0.0.1; "
+        f"settings: `{json.dumps(result['settings'])}`",
+        "",
+        "| max batch | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors "
+        "| per-domain p50/p95/p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        per = "; ".join(
+            f"{d} {v['p50_ms']}/{v['p95_ms']}/{v['p99_ms']}" for d, v in r["per_domain"].items()
+        )
+        lines.append(
+            f"| {r['max_batch_size']} | {r['concurrency']} | {r['throughput_rps']} | {r['p50_ms']} "
+            f"| {r['p95_ms']} | {r['p99_ms']} | {r['errors']} | {per} |"
+        )
+    lines += [
+        "",
+        "| concurrency | throughput batched / batch 1 | batched p99 / p50 |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {s['concurrency']} | {s['throughput_gain']} | {s['batched_p99_over_p50']} |"
+        for s in result["summary"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
