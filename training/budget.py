@@ -38,13 +38,12 @@ from training.common import (
     command_line,
     console,
     evaluate,
-    iterate_eval,
     mean,
     recalibrate_batchnorm,
     seed_everything,
     training_progress,
 )
-from training.data import DomainData
+from training.data import DomainData, iterate_eval
 from training.pretrain import RunError, load_backbone
 from training.prune import CompactParts, project_to_budget, prune_to_compact
 from training.sharing import SharingVariant, check_variant, sharing_loss

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import shlex
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +27,7 @@ from torch import Tensor
 from multidomain.network import ResNet26
 from multidomain.preprocess import normalize_batch
 from training.data import DomainBatches, DomainData, iterate_eval, train_augment
+from training.files import atomic_path
 
 console = Console(stderr=True)
 
@@ -57,20 +55,6 @@ def training_progress() -> Progress:
         console=console,
         transient=False,
     )
-
-
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it into place only on success."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_json(target: Path, data: Any) -> None:

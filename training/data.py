@@ -3,14 +3,12 @@ deterministic splits, an on-disk cache, and the torch helpers training iterates 
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import importlib.util
 import json
 import logging
 import math
-import os
 import pickle
 import re
 import zlib
@@ -24,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from multidomain.artifact import sha256_file
 from multidomain.preprocess import ImageDecodeError, ImageTooLargeError, decode_image, eval_resize
+from training.files import atomic_path
 
 __all__ = [
     "EMBEDDED_DOMAINS",
@@ -453,25 +453,9 @@ _BUILDERS: dict[str, Callable[[str, int, int], DomainData]] = {
 # cache
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        write(handle)
 
 
 def _cache_paths(folder: Path, name: str) -> tuple[Path, Path]:
@@ -496,7 +480,7 @@ def _save_cached(folder: Path, domain: DomainData, image_size: int, seed: int) -
         "std": list(domain.std),
         "allow_flip": domain.allow_flip,
         "source": domain.source,
-        "npz_sha256": _sha256_file(npz_path),
+        "npz_sha256": sha256_file(npz_path),
     }
     text = json.dumps(meta, indent=2).encode()
     _atomic_write(json_path, lambda f: f.write(text))
@@ -514,7 +498,7 @@ def _load_cached(folder: Path, name: str, image_size: int, seed: int) -> DomainD
             or meta.get("name") != name
             or meta.get("image_size") != image_size
             or meta.get("seed") != seed
-            or meta.get("npz_sha256") != _sha256_file(npz_path)
+            or meta.get("npz_sha256") != sha256_file(npz_path)
         ):
             log.warning("cache for %s in %s is stale or corrupt; rebuilding", name, folder)
             return None
