@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import io
-import shutil
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,15 +21,9 @@ from PIL import Image
 
 from multidomain.artifact import load_artifact
 from multidomain.preprocess import eval_transform
-from tests.artifacts import TINY_DOMAINS, write_tiny_artifact
-
-pytest.importorskip("ts", reason="torchserve is not installed")
-pytest.importorskip("model_archiver", reason="torch-model-archiver is not installed")
-if shutil.which("java") is None:
-    pytest.skip("TorchServe needs Java", allow_module_level=True)
-
 from service.torchserve_export import TorchServeModelConfig, export_mar
 from service.torchserve_local import LocalTorchServe
+from tests.artifacts import TINY_DOMAINS, write_tiny_artifact
 
 pytestmark = pytest.mark.integration
 
@@ -98,13 +91,11 @@ def client(torchserve: LocalTorchServe) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def fastapi_client(artifact_dir: Path) -> Iterator[Any]:
-    try:
-        from fastapi.testclient import TestClient
+    from fastapi.testclient import TestClient
 
-        from service.app import create_app
-        from service.settings import ServiceSettings
-    except ImportError as exc:  # pragma: no cover - the service extra is not installed
-        pytest.skip(f"the FastAPI service is not importable: {exc}")
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
     settings = ServiceSettings(
         model_store=artifact_dir.parents[1], model_name="tiny", model_version="v1"
     )
