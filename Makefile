@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 PORT ?= 8000
 
-.PHONY: setup system-deps run pipeline test test-unit test-integration lint format bench report clean
+.PHONY: setup system-deps run pipeline test test-unit test-integration lint format bench \
+	bench-grid bench-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,8 +50,19 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: setup
+# Benchmarks print figures and record them under bench/results/ (never timed assertions).
+ARTIFACT ?= $(lastword $(sort $(wildcard model_store/default/*/)))
+
+bench: bench-grid bench-serve
+
+bench-grid: setup
 	$(BIN)/python bench/budget_grid.py
+
+bench-serve: setup
+	@test -n "$(ARTIFACT)" || (echo "no artifact in model_store/default: run 'make pipeline' first" && exit 2)
+	$(BIN)/python bench/subnet_compute.py $(ARTIFACT)
+	$(BIN)/python bench/serve_load.py $(ARTIFACT)
+	$(BIN)/python bench/serve_compare.py $(ARTIFACT)
 
 clean:
 	rm -rf $(VENV) data_cache runs .pytest_cache .mypy_cache .ruff_cache
