@@ -269,11 +269,12 @@ def train_budget_aware(
                 if config.learnable_sharing_weight:
                     log_gamma.clamp_(max=float(torch.log(torch.tensor(100.0))))
             worst = float(domain_costs.detach().max())
+            share_value = float(share.detach())
             history.append(
                 {
                     "step": step,
                     "ce": ce_sum,
-                    "share": float(share),
+                    "share": share_value,
                     "max_cost": worst,
                     "acc": correct / count,
                 }
@@ -283,7 +284,7 @@ def train_budget_aware(
                 advance=1,
                 stats=(
                     f"ce {ce_sum:.3f} acc {correct / count:.3f} max cost {worst:.3f} "
-                    f"share {float(share):.3f} "
+                    f"share {share_value:.3f} "
                     f"{count / max(time.perf_counter() - t0, 1e-9):,.0f} img/s"
                 ),
             )

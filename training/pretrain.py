@@ -206,7 +206,7 @@ def _resume(
     identity: dict[str, Any],
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
 ) -> tuple[int, float]:
     record_path = run_dir / CHECKPOINT_RECORD
     if not record_path.is_file():
@@ -224,7 +224,10 @@ def _resume(
         if key.startswith("momentum."):
             optimizer.state[params[key[9:]]]["momentum_buffer"] = buf.clone()
     step = int(record["step"])
-    for _ in range(step):
-        scheduler.step()
+    scheduler.last_epoch = step  # continue the schedule where the checkpoint left it
+    for group, base_lr, factor in zip(
+        optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base_lr * factor(step)
     console.print(f"resuming {run_dir} from step {step}")
     return step, float(record.get("elapsed_s", 0.0))
