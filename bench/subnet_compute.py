@@ -21,6 +21,7 @@ import torch
 
 from multidomain.artifact import load_artifact
 from multidomain.costs import subnet_totals
+from multidomain.fold import fold_batchnorm
 from multidomain.network import ResNet26
 
 RESULTS = Path(__file__).parent / "results"
@@ -51,8 +52,9 @@ def main() -> None:
     arch = artifact.arch
     rows = []
     for entry in artifact.domains:
-        compact = artifact.subnet(entry.name)
-        full = ResNet26(arch, [entry.num_classes]).eval()
+        # what the service runs: BatchNorm folded into the convolutions, for both networks
+        compact = fold_batchnorm(artifact.subnet(entry.name))
+        full = fold_batchnorm(ResNet26(arch, [entry.num_classes]).eval())
         mac_ratio = (
             subnet_totals(arch, entry.mid_channels, entry.num_classes).macs
             / subnet_totals(arch, arch.full_mid_channels(), entry.num_classes).macs

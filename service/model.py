@@ -12,6 +12,7 @@ from PIL import Image
 from torch import Tensor
 
 from multidomain.artifact import DomainEntry, load_artifact, resolve_artifact
+from multidomain.fold import fold_batchnorm
 from multidomain.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -135,7 +136,9 @@ def load_served_model(settings: ServiceSettings) -> tuple[ServedModel, dict[str,
     for entry in artifact.domains:
         size = entry.image_size
         domains[entry.name] = ServedDomain(entry, eval_transform(size, entry.mean, entry.std))
-        networks[entry.name] = DomainModel(artifact.subnet(entry.name), (3, size, size))
+        networks[entry.name] = DomainModel(
+            fold_batchnorm(artifact.subnet(entry.name)), (3, size, size)
+        )
     return ServedModel(str(path), dict(artifact.manifest), domains), networks
 
 

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 import multidomain
 from multidomain.artifact import Artifact, DomainEntry, load_artifact
+from multidomain.fold import fold_batchnorm
 from multidomain.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -178,7 +179,7 @@ class MultiDomainHandler:
         domains = {}
         for entry in artifact.domains:
             size = entry.image_size
-            network = artifact.subnet(entry.name)
+            network = fold_batchnorm(artifact.subnet(entry.name))
             with torch.inference_mode():
                 network(torch.zeros(1, 3, size, size))  # warm-up
             domains[entry.name] = _Domain(
