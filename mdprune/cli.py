@@ -10,9 +10,12 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from training.budget import BudgetConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -118,29 +121,13 @@ VersionOpt = Annotated[str | None, typer.Option(help="Version folder (default: U
 def _train_and_export(
     loaded: dict[str, Any],
     backbone: Path,
-    budget: float,
-    budget_metric: str,
-    sharing: str,
-    sharing_weight: float,
-    learnable_sharing_weight: bool,
-    steps: int,
-    seed: int,
+    config: BudgetConfig,
     model_store: Path,
     model_name: str,
     version: str | None,
 ) -> Path:
-    from training.budget import BudgetConfig, artifact_target, export_artifact, train_budget_aware
+    from training.budget import export_artifact, train_budget_aware
 
-    artifact_target(model_store, model_name, version)  # fail before training, not after
-    config = BudgetConfig(
-        budget=budget,
-        budget_metric=budget_metric,  # type: ignore[arg-type]
-        sharing=sharing,  # type: ignore[arg-type]
-        sharing_weight=sharing_weight,
-        learnable_sharing_weight=learnable_sharing_weight,
-        steps=steps,
-        seed=seed,
-    )
     trained = train_budget_aware(list(loaded.values()), backbone, config)
     path, _ = export_artifact(trained, model_store, model_name, version)
     return path
@@ -166,26 +153,22 @@ def train(
 ) -> None:
     """Budget-aware multi-domain training, pruning and export of the compact artifact."""
     with clean_errors():
-        from training.budget import BudgetConfig
+        from training.budget import BudgetConfig, artifact_target
         from training.pretrain import load_backbone
 
-        BudgetConfig(budget=budget, budget_metric=budget_metric, sharing=sharing)  # type: ignore[arg-type]
+        config = BudgetConfig(
+            budget=budget,
+            budget_metric=budget_metric,  # type: ignore[arg-type]
+            sharing=sharing,  # type: ignore[arg-type]
+            sharing_weight=sharing_weight,
+            learnable_sharing_weight=learnable_sharing_weight,
+            steps=steps,
+            seed=seed,
+        )
+        artifact_target(model_store, model_name, version)  # fail before training, not after
         record, _ = load_backbone(backbone)
         loaded = _load(domains, cache_dir, int(record["arch"]["image_size"]), seed)
-        _train_and_export(
-            loaded,
-            backbone,
-            budget,
-            budget_metric,
-            sharing,
-            sharing_weight,
-            learnable_sharing_weight,
-            steps,
-            seed,
-            model_store,
-            model_name,
-            version,
-        )
+        _train_and_export(loaded, backbone, config, model_store, model_name, version)
 
 
 @app.command()
@@ -214,27 +197,21 @@ def pipeline(
         from training.budget import BudgetConfig, artifact_target
         from training.pretrain import PretrainConfig, pretrain_backbone
 
-        BudgetConfig(budget=budget, budget_metric=budget_metric, sharing=sharing)  # type: ignore[arg-type]
-        artifact_target(model_store, model_name, version)
+        config = BudgetConfig(
+            budget=budget,
+            budget_metric=budget_metric,  # type: ignore[arg-type]
+            sharing=sharing,  # type: ignore[arg-type]
+            sharing_weight=sharing_weight,
+            steps=steps,
+            seed=seed,
+        )
+        artifact_target(model_store, model_name, version)  # fail before training, not after
         arch = ArchSpec(width_mult=width_mult, image_size=image_size)
         loaded = _load(domains, cache_dir, image_size, seed)
         pretrain_backbone(
             list(loaded.values()), arch, PretrainConfig(steps=pretrain_steps, seed=seed), run_dir
         )
-        path = _train_and_export(
-            loaded,
-            run_dir,
-            budget,
-            budget_metric,
-            sharing,
-            sharing_weight,
-            False,
-            steps,
-            seed,
-            model_store,
-            model_name,
-            version,
-        )
+        path = _train_and_export(loaded, run_dir, config, model_store, model_name, version)
     if serve:
         sample = _write_sample_image(next(iter(loaded.values())), run_dir)
         typer.echo(

@@ -11,6 +11,7 @@ where the target ``beta_t`` falls linearly from 1 to ``beta`` over the first par
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -222,9 +223,7 @@ def train_budget_aware(
     ]
     if config.unfreeze_shared:
         groups.append({"params": model.shared_parameters(), "lr": config.lr_domain * 0.1})
-    log_gamma = nn.Parameter(
-        torch.tensor(float(torch.log(torch.tensor(max(config.sharing_weight, 1e-6)))))
-    )
+    log_gamma = nn.Parameter(torch.tensor(math.log(max(config.sharing_weight, 1e-6))))
     if config.learnable_sharing_weight:
         groups.append({"params": [log_gamma], "lr": config.lr_scores})
     optimizer = torch.optim.Adam(groups)
@@ -267,7 +266,7 @@ def train_budget_aware(
             optimizer.step()
             with torch.no_grad():
                 if config.learnable_sharing_weight:
-                    log_gamma.clamp_(max=float(torch.log(torch.tensor(100.0))))
+                    log_gamma.clamp_(max=math.log(100.0))
             worst = float(domain_costs.detach().max())
             share_value = float(share.detach())
             history.append(
