@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import Tensor
 
 from multidomain.arch import ArchitectureError, ArchSpec
@@ -311,7 +312,8 @@ def load_artifact(path: Path) -> Artifact:
     if weights_path.name != WEIGHTS_FILE or not weights_path.is_file():
         raise ArtifactError(f"weights file missing: {weights_path}")
     expected_hash = _require(manifest, "weights_sha256", str, "")
-    actual_hash = sha256_file(weights_path)
+    data = weights_path.read_bytes()  # hash and load the same bytes: one read, no race
+    actual_hash = hashlib.sha256(data).hexdigest()
     if actual_hash != expected_hash:
         raise ArtifactError(
             f"{weights_path}: sha256 {actual_hash[:12]}... does not match the manifest's "
@@ -320,7 +322,7 @@ def load_artifact(path: Path) -> Artifact:
     try:
         with safe_open(str(weights_path), framework="pt") as handle:
             stored_digest = (handle.metadata() or {}).get("manifest_sha256")
-        tensors = load_file(str(weights_path))
+        tensors = load_safetensors(data)
     except (SafetensorError, OSError) as exc:
         raise ArtifactError(f"{weights_path}: unreadable safetensors file ({exc})") from None
     if stored_digest != manifest_digest(manifest):
