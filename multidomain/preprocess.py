@@ -6,7 +6,7 @@ Only torch, torchvision, numpy and PIL may be imported here: the service reuses 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -121,6 +121,17 @@ def decode_image(
     except (OSError, ValueError, SyntaxError, EOFError, TypeError, KeyError) as exc:
         raise ImageDecodeError(f"cannot decode image: {_one_line(exc)}") from None
     return image
+
+
+def decode_to_input(
+    data: bytes, max_pixels: int, transform: Callable[[Image.Image], torch.Tensor]
+) -> torch.Tensor:
+    """Decode one image (``decode_image``'s checks and errors) and apply ``transform``."""
+    image = decode_image(data, max_pixels)
+    try:
+        return transform(image)
+    finally:
+        image.close()
 
 
 def _check_stats(mean: Sequence[float], std: Sequence[float]) -> None:

@@ -16,7 +16,7 @@ from multidomain.fold import fold_batchnorm
 from multidomain.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
-    decode_image,
+    decode_to_input,
     eval_transform,
 )
 from service.engine import DomainModel
@@ -33,15 +33,11 @@ class ServedDomain:
     def preprocess(self, data: bytes, max_pixels: int) -> Tensor:
         """Image bytes -> normalised [3, S, S] tensor; ``BadImage`` or ``ImageTooLarge``."""
         try:
-            image = decode_image(data, max_pixels)
+            return decode_to_input(data, max_pixels, self.transform)
         except ImageTooLargeError as exc:
             raise ImageTooLarge(str(exc)) from None
         except ImageDecodeError as exc:
             raise BadImage(str(exc)) from None
-        try:
-            return self.transform(image)
-        finally:
-            image.close()
 
 
 @dataclass(frozen=True)

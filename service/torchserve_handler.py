@@ -57,7 +57,7 @@ from multidomain.fold import fold_batchnorm
 from multidomain.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
-    decode_image,
+    decode_to_input,
     eval_transform,
 )
 
@@ -300,15 +300,13 @@ class MultiDomainHandler:
 
     def _preprocess(self, request: _Request) -> Tensor:
         try:
-            image = decode_image(request.image, self.config.max_image_pixels)
+            return decode_to_input(
+                request.image, self.config.max_image_pixels, request.domain.transform
+            )
         except ImageTooLargeError as exc:
             raise RequestError(422, "image_too_large", str(exc)) from None
         except ImageDecodeError as exc:
             raise RequestError(422, "bad_image", str(exc)) from None
-        try:
-            return request.domain.transform(image)
-        finally:
-            image.close()
 
     def _answer(
         self, context: TorchServeContext, idx: int, domain: _Domain, row: Tensor, top_k: int
