@@ -13,13 +13,12 @@ the FastAPI/TorchServe ratios. Writes ``<out>.json`` and ``<out>.md`` (default
 ``bench/results/serve_compare``) with the exact command and both servers' settings.
 
     python bench/serve_compare.py model_store/default/<version> [--concurrency 1 8 32]
-        [--requests 600] [--threads 2] [--batch-size 32] [--max-wait-ms 5]
+        [--requests 600] [--threads 1] [--batch-size 32] [--max-wait-ms 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -32,7 +31,7 @@ from typing import Any
 
 import torch
 import ts
-from loadgen import Request, Target, closed_loop, fastapi_server, make_requests
+from loadgen import Request, Target, fastapi_server, make_requests, run_closed_loop
 
 from multidomain.artifact import load_artifact
 from service.torchserve_export import TorchServeModelConfig, export_mar
@@ -47,7 +46,7 @@ def measure(
 ) -> list[dict[str, Any]]:
     rows = []
     for concurrency in args.concurrency:
-        row = asyncio.run(closed_loop(target, requests, concurrency, args.requests, args.warmup))
+        row = run_closed_loop(target, requests, concurrency, args.requests, args.warmup)
         row["server"] = target.name
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -123,7 +122,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=600, help="measured, per level")
     parser.add_argument("--warmup", type=int, default=60, help="unmeasured, per level")
     parser.add_argument("--images-per-domain", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of each server")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     parser.add_argument("--batch-size", type=int, default=32, help="both servers' max batch")
     parser.add_argument("--max-wait-ms", type=int, default=5, help="both servers' batch wait")
     parser.add_argument("--workers", type=int, default=1, help="TorchServe worker processes")

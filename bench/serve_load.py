@@ -11,7 +11,6 @@ process (``bench/loadgen.py``): throughput, p50/p95/p99 overall and per domain. 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing
 import shlex
@@ -21,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from loadgen import Target, closed_loop, fastapi_server, make_requests
+from loadgen import Target, fastapi_server, make_requests, run_closed_loop
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -35,7 +34,7 @@ def _load(
 ) -> dict[str, Any]:
     requests = make_requests(Path(artifact), per_domain, seed=0)
     target = Target("fastapi", url, _predict_path)
-    return asyncio.run(closed_loop(target, requests, concurrency, total, warmup))
+    return run_closed_loop(target, requests, concurrency, total, warmup)
 
 
 def main() -> None:
@@ -46,7 +45,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--images-per-domain", type=int, default=20)
     parser.add_argument("--out", type=Path, default=RESULTS / "serve_load")
     args = parser.parse_args()
