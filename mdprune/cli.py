@@ -307,7 +307,7 @@ def torchserve_export(
     batch_size: Annotated[int, typer.Option(help="TorchServe batchSize.")] = 8,
     max_batch_delay_ms: Annotated[int, typer.Option(help="TorchServe maxBatchDelay (ms).")] = 5,
     workers: Annotated[int, typer.Option(help="TorchServe workers (processes).")] = 1,
-    torch_threads: Annotated[int, typer.Option(help="torch threads per worker.")] = 2,
+    torch_threads: Annotated[int, typer.Option(help="torch threads per worker.")] = 1,
 ) -> None:
     """Package an artifact for TorchServe: <model-store>/<name>.mar (handler, artifact, code)."""
     with clean_errors():

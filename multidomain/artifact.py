@@ -30,10 +30,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from multidomain.arch import ArchitectureError, ArchSpec
+from multidomain.fold import fold_batchnorm
 from multidomain.network import ResNet26
+from multidomain.preprocess import Normalize
 
 FORMAT_NAME = "multidomain-pruning-artifact"
 FORMAT_VERSION = 1
@@ -172,6 +174,14 @@ class Artifact:
         state = subnet_state_dict(self.domain_tensors[entry.index], self.shared, entry.channels)
         net.load_state_dict(state, strict=True)
         return net.eval()
+
+    def served_network(self, name: str) -> nn.Module:
+        """What serving runs for a domain (eval mode): uint8 [N, 3, S, S] pixels -> the domain's
+        normalisation -> its compact subnetwork with BatchNorm folded into the convolutions, its
+        weights in channels-last layout (faster CPU convolutions, same results)."""
+        entry = self.domain(name)
+        network = nn.Sequential(Normalize(entry.mean, entry.std), fold_batchnorm(self.subnet(name)))
+        return network.to(memory_format=torch.channels_last).eval()
 
 
 def write_artifact(

@@ -8,15 +8,19 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
 from torchvision.transforms import v2
 
 __all__ = [
     "DEFAULT_FORMATS",
     "ImageDecodeError",
     "ImageTooLargeError",
+    "Normalize",
     "decode_image",
+    "decode_to_input",
     "eval_resize",
     "eval_transform",
     "normalize_batch",
@@ -34,15 +38,16 @@ class ImageDecodeError(ValueError):
     """The bytes are not a decodable image (unknown format, corrupt or truncated)."""
 
 
-def eval_resize(image_size: int) -> v2.Compose:
+def eval_resize(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image (any mode) -> uint8 tensor [3, image_size, image_size].
 
     RGB conversion, resize of the shorter side to ``image_size`` (antialiased) and a centre crop.
     This is the geometric part of :func:`eval_transform`; training data uses it for user images.
+    An RGB image that already has the target size skips the transforms (same pixels, faster).
     """
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
-    return v2.Compose(
+    transforms = v2.Compose(
         [
             v2.RGB(),
             v2.Resize(image_size, antialias=True),
@@ -51,8 +56,18 @@ def eval_resize(image_size: int) -> v2.Compose:
         ]
     )
 
+    def resize(image: Image.Image) -> torch.Tensor:
+        if image.mode == "RGB" and image.size == (image_size, image_size):
+            pixels = np.array(image, dtype=np.uint8)  # a copy: torch needs writable memory
+            return torch.from_numpy(pixels).permute(2, 0, 1)
+        return transforms(image).as_subclass(torch.Tensor)
 
-def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    return resize
+
+
+def eval_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image (any mode) -> normalised float32 tensor [3, image_size, image_size]."""
     _check_stats(mean, std)
     return v2.Compose(
@@ -72,16 +87,37 @@ def normalize_batch(
     Gives the same numbers as :func:`eval_transform` on an image that already has the target
     size (same operation order as torchvision's ToDtype(scale=True) + Normalize).
     """
+    _check_stats(mean, std)
+    device = images_uint8.device
+    m = torch.tensor([float(v) for v in mean], dtype=torch.float32, device=device)
+    s = torch.tensor([float(v) for v in std], dtype=torch.float32, device=device)
+    return _normalize(images_uint8, m, s)
+
+
+class Normalize(nn.Module):
+    """:func:`normalize_batch` as the first layer of a served network, so that preprocessing
+    hands over uint8 pixels and normalisation runs once per batch."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        _check_stats(mean, std)
+        self.register_buffer("mean", torch.tensor([float(v) for v in mean], dtype=torch.float32))
+        self.register_buffer("std", torch.tensor([float(v) for v in std], dtype=torch.float32))
+
+    def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return _normalize(images_uint8, self.mean, self.std)
+
+
+def _normalize(images_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     if images_uint8.dtype != torch.uint8:
         raise TypeError(f"expected a uint8 tensor, got {images_uint8.dtype}")
     if images_uint8.ndim != 4 or images_uint8.shape[1] != 3:
         raise ValueError(f"expected shape [N, 3, H, W], got {list(images_uint8.shape)}")
-    _check_stats(mean, std)
-    device = images_uint8.device
-    m = torch.tensor([float(v) for v in mean], dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    s = torch.tensor([float(v) for v in std], dtype=torch.float32, device=device).view(1, 3, 1, 1)
     x = images_uint8.to(torch.float32).mul_(1.0 / 255.0)
-    return x.sub_(m).div_(s)
+    return x.sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
 
 
 def decode_image(

@@ -1,11 +1,13 @@
 """Per-domain dynamic micro-batching.
 
-Every domain has a bounded queue and one worker task. A worker takes the oldest waiting image,
-waits until ``max_batch_size`` images are queued or ``max_wait_ms`` have passed since that image
-arrived (images that queued while the previous batch computed do not wait again), and runs the
-batch through the domain's compact subnetwork. Forward passes run one at a time on a single
-compute thread, each using ``torch_threads`` intra-op threads, so the event loop never blocks
-and the cores are not oversubscribed by concurrent domains.
+Every domain has a bounded queue and one worker task. When images are queued, the worker waits
+for more only while other images of its domain are still on their way (announced with
+``arriving`` while they are preprocessed), and at most until ``max_batch_size`` images are queued
+or ``max_wait_ms`` have passed since the oldest one arrived; a lone request is computed at once.
+Then it waits for the compute slot and takes up to ``max_batch_size`` images, including those
+that queued while another batch computed. Forward passes run one at a time on a single compute
+thread, each using ``torch_threads`` intra-op threads, so the event loop never blocks and the
+cores are not oversubscribed by concurrent domains.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,10 +29,11 @@ from service.metrics import ServiceMetrics
 
 @dataclass(frozen=True)
 class DomainModel:
-    """A domain's compact subnetwork (eval mode) and the shape of one input image."""
+    """A domain's compact subnetwork (eval mode), the shape and dtype of one input image."""
 
     network: nn.Module
     input_shape: tuple[int, int, int]
+    input_dtype: torch.dtype = torch.float32
 
 
 @dataclass
@@ -47,7 +50,8 @@ class _DomainQueue:
     model: DomainModel
     items: deque[_Item] = field(default_factory=deque)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # items to take, or stopping
-    filled: asyncio.Event = field(default_factory=asyncio.Event)  # a full batch, or stopping
+    filled: asyncio.Event = field(default_factory=asyncio.Event)  # stop waiting for more
+    arriving: int = 0  # images announced and not yet queued
     worker: asyncio.Task[None] | None = None
 
 
@@ -81,6 +85,7 @@ class InferenceEngine:
             initializer=torch.set_num_threads,
             initargs=(torch_threads,),
         )
+        self._compute_slot = asyncio.Lock()
         self._accepting = False
         self._stopping = False
 
@@ -89,11 +94,25 @@ class InferenceEngine:
         loop = asyncio.get_running_loop()
         for queue in self._queues.values():
             for size in sorted({1, self._max_batch_size}):
-                inputs = torch.zeros(size, *queue.model.input_shape)
+                inputs = torch.zeros(size, *queue.model.input_shape, dtype=queue.model.input_dtype)
                 await loop.run_in_executor(self._executor, _forward, queue.model.network, inputs)
         for queue in self._queues.values():
             queue.worker = asyncio.create_task(self._serve(queue), name=f"mdp-worker-{queue.name}")
         self._accepting = True
+
+    @contextlib.contextmanager
+    def arriving(self, domain: str, count: int) -> Iterator[None]:
+        """Announce ``count`` images of ``domain`` that are on their way (being preprocessed);
+        queue them with ``predict`` right after the block. A batch waits for announced images
+        only."""
+        queue = self._queues[domain]
+        queue.arriving += count
+        try:
+            yield
+        finally:
+            queue.arriving -= count
+            if queue.arriving == 0:
+                queue.filled.set()
 
     async def predict(self, domain: str, images: Sequence[Tensor], deadline: float) -> list[Tensor]:
         """Class probabilities of each image (a known domain's preprocessed [3, S, S] tensors).
@@ -118,7 +137,7 @@ class InferenceEngine:
             futures.append(future)
         self._metrics.queue_depth.labels(domain=domain).set(len(queue.items))
         queue.arrived.set()
-        if len(queue.items) >= self._max_batch_size:
+        if len(queue.items) >= self._max_batch_size or queue.arriving == 0:
             queue.filled.set()
         try:
             return await asyncio.wait_for(asyncio.gather(*futures), timeout=deadline - now)
@@ -162,14 +181,21 @@ class InferenceEngine:
                 await queue.arrived.wait()
                 continue
             wait = queue.items[0].enqueued + self._max_wait_s - loop.time()
-            if wait > 0 and len(queue.items) < self._max_batch_size and not self._stopping:
+            if (
+                wait > 0
+                and queue.arriving > 0
+                and len(queue.items) < self._max_batch_size
+                and not self._stopping
+            ):
                 queue.filled.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(queue.filled.wait(), timeout=wait)
-            count = min(len(queue.items), self._max_batch_size)
-            batch = [queue.items.popleft() for _ in range(count)]
-            self._metrics.queue_depth.labels(domain=queue.name).set(len(queue.items))
-            await self._run_batch(queue, batch)
+            async with self._compute_slot:
+                count = min(len(queue.items), self._max_batch_size)
+                batch = [queue.items.popleft() for _ in range(count)]
+                self._metrics.queue_depth.labels(domain=queue.name).set(len(queue.items))
+                if batch:
+                    await self._run_batch(queue, batch)
 
     async def _run_batch(self, queue: _DomainQueue, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()

@@ -8,16 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from PIL import Image
 from torch import Tensor
 
 from multidomain.artifact import DomainEntry, load_artifact, resolve_artifact
-from multidomain.fold import fold_batchnorm
 from multidomain.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
     decode_to_input,
-    eval_transform,
+    eval_resize,
 )
 from service.engine import DomainModel
 from service.errors import BadImage, ImageTooLarge, UnknownDomain
@@ -31,7 +31,8 @@ class ServedDomain:
     transform: Callable[[Image.Image], Tensor]
 
     def preprocess(self, data: bytes, max_pixels: int) -> Tensor:
-        """Image bytes -> normalised [3, S, S] tensor; ``BadImage`` or ``ImageTooLarge``."""
+        """Image bytes -> uint8 [3, S, S] tensor (the served network normalises whole batches);
+        ``BadImage`` or ``ImageTooLarge``."""
         try:
             return decode_to_input(data, max_pixels, self.transform)
         except ImageTooLargeError as exc:
@@ -131,9 +132,9 @@ def load_served_model(settings: ServiceSettings) -> tuple[ServedModel, dict[str,
     networks: dict[str, DomainModel] = {}
     for entry in artifact.domains:
         size = entry.image_size
-        domains[entry.name] = ServedDomain(entry, eval_transform(size, entry.mean, entry.std))
+        domains[entry.name] = ServedDomain(entry, eval_resize(size))
         networks[entry.name] = DomainModel(
-            fold_batchnorm(artifact.subnet(entry.name)), (3, size, size)
+            artifact.served_network(entry.name), (3, size, size), torch.uint8
         )
     return ServedModel(str(path), dict(artifact.manifest), domains), networks
 

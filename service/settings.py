@@ -32,7 +32,11 @@ class ServiceSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", min_length=1, description="Interface to bind.")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port to bind.")
     torch_threads: int = Field(
-        default=2, ge=1, le=256, description="torch intra-op threads for compute."
+        default=1,
+        ge=1,
+        le=256,
+        description="torch intra-op threads of the compute thread; 1 leaves the other cores to "
+        "the event loop and preprocessing.",
     )
     preprocess_threads: int = Field(
         default=2, ge=1, le=64, description="Threads that decode and preprocess images."
@@ -44,7 +48,8 @@ class ServiceSettings(BaseSettings):
         default=5.0,
         ge=0,
         le=1000,
-        description="How long a micro-batch waits to fill after its first item.",
+        description="Longest wait of a micro-batch, from its oldest image on, for images of its "
+        "domain that are still being preprocessed.",
     )
     queue_size: int = Field(
         default=256, ge=1, description="Images queued per domain before shedding."

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -123,38 +124,55 @@ def service_process(tmp_path: Path, **env: str) -> Iterator[ServiceProcess]:
         stop_process(process)
 
 
+def large_png(seed: int) -> bytes:
+    """A 6000x2700 gradient: a small file whose decoding and resizing take a while."""
+    width, height = 6000, 2700
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:, :, 0] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+    pixels[:, :, 1] = np.linspace(0, 255, height, dtype=np.uint8)[:, None]
+    pixels[:, :, 2] = seed
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def test_sigterm_lets_in_flight_requests_finish_then_exits(tmp_path: Path) -> None:
-    # Batches wait up to 1 s to fill, so the requests are still queued when SIGTERM arrives.
+    # A batch request of large images is still being preprocessed while small requests of the
+    # same domain wait in the queue for it (they may wait up to 1 s) when SIGTERM arrives.
     grace = 8
-    settings = {"MDP_MAX_WAIT_MS": "1000", "MDP_SHUTDOWN_GRACE_S": str(grace)}
+    settings = {
+        "MDP_MAX_WAIT_MS": "1000",
+        "MDP_PREPROCESS_THREADS": "8",
+        "MDP_SHUTDOWN_GRACE_S": str(grace),
+    }
+    domain = DOMAINS[0]
+    large = [("files", (f"{i}.png", large_png(i), "image/png")) for i in range(6)]
     with service_process(tmp_path, **settings) as service, httpx.Client(timeout=30) as client:
-        images = [(DOMAINS[i % len(DOMAINS)], png(i)) for i in range(6)]
-        with ThreadPoolExecutor(len(images)) as pool:
-            futures = [pool.submit(service.predict, d, data, client) for d, data in images]
+        with ThreadPoolExecutor(6) as pool:
+            batch = pool.submit(
+                client.post, f"{service.url}/v1/domains/{domain}/predict/batch", files=large
+            )
+            time.sleep(0.1)
+            small = [pool.submit(service.predict, domain, png(i), client) for i in range(5)]
 
-            def all_received() -> bool:  # every request queued or answered, some still queued
-                samples = [
-                    line.rsplit(" ", 1)
-                    for line in client.get(f"{service.url}/metrics").text.splitlines()
-                ]
-                queued = sum(float(v) for k, v in samples if k.startswith("mdp_queue_depth{"))
-                done = sum(
-                    float(v)
-                    for k, v in samples
-                    if k.startswith("mdp_requests_total{") and 'status="200"' in k
+            def queued() -> bool:
+                metrics = client.get(f"{service.url}/metrics").text
+                depth = f'mdp_queue_depth{{domain="{domain}"}} '
+                return any(
+                    line.startswith(depth) and float(line.split()[-1]) >= 1
+                    for line in metrics.splitlines()
                 )
-                return queued >= 1 and queued + done == len(images)
 
-            wait_for("queued requests", all_received, service.process, service.log, timeout=10)
+            wait_for("queued requests", queued, service.process, service.log, timeout=10)
             signalled = time.monotonic()
             service.process.send_signal(signal.SIGTERM)
-            responses = [future.result() for future in futures]
+            responses = [batch.result()] + [future.result() for future in small]
         service.process.wait(grace + 5)
         elapsed = time.monotonic() - signalled
         log = service.log.read_text()
-    assert [r.status_code for r in responses] == [200] * len(images), log
-    for (domain, _), response in zip(images, responses, strict=True):
-        assert response.json()["domain"] == domain
+    assert [r.status_code for r in responses] == [200] * len(responses), log
+    assert len(responses[0].json()["results"]) == len(large)
+    assert all(r.json()["domain"] == domain for r in responses)
     assert elapsed < grace, log
     assert service.process.returncode in (0, -signal.SIGTERM), log
     assert "draining" in log and "stopped" in log

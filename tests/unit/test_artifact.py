@@ -12,6 +12,7 @@ from multidomain.artifact import (
     resolve_artifact,
     sha256_file,
 )
+from multidomain.preprocess import normalize_batch
 from tests.artifacts import TINY_DOMAINS, make_tiny_model, write_tiny_artifact
 
 
@@ -25,6 +26,17 @@ def test_compact_subnets_equal_masked_model(tmp_path: Path) -> None:
         own = [m[entry.index].float() for m in masks]
         with torch.no_grad():
             assert torch.allclose(subnet(x), model(x, entry.index, own), atol=1e-5)
+
+
+def test_served_network_normalises_pixels_and_equals_the_subnet(tmp_path: Path) -> None:
+    artifact = load_artifact(write_tiny_artifact(tmp_path))
+    pixels = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    for entry in artifact.domains:
+        served = artifact.served_network(entry.name)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in served.modules())
+        with torch.inference_mode():
+            expected = artifact.subnet(entry.name)(normalize_batch(pixels, entry.mean, entry.std))
+            assert torch.allclose(served(pixels), expected, atol=1e-5)
 
 
 def test_compact_union_drops_unused_channels(tmp_path: Path) -> None:

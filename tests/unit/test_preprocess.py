@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from multidomain.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
+    Normalize,
     decode_image,
     eval_resize,
     eval_transform,
@@ -56,6 +58,27 @@ def test_eval_transform_any_mode_and_aspect(mode: str) -> None:
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     resized = eval_resize(32)(image)
     assert resized.shape == (3, 32, 32) and resized.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("mode,size", [("RGB", (32, 32)), ("RGB", (40, 32)), ("L", (32, 32))])
+def test_eval_resize_shortcut_gives_the_transforms_pixels(mode: str, size: tuple[int, int]) -> None:
+    image = _noise(size, "RGB", seed=3).convert(mode)
+    transforms = v2.Compose(
+        [v2.RGB(), v2.Resize(32, antialias=True), v2.CenterCrop(32), v2.ToImage()]
+    )
+    expected = transforms(image)
+    got = eval_resize(32)(image)
+    assert type(got) is torch.Tensor and got.dtype == torch.uint8
+    assert torch.equal(got, expected.as_subclass(torch.Tensor))
+
+
+def test_normalize_layer_equals_normalize_batch() -> None:
+    batch = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(Normalize(MEAN, STD)(batch), normalize_batch(batch, MEAN, STD))
+    with pytest.raises(TypeError):
+        Normalize(MEAN, STD)(batch.float())
+    with pytest.raises(ValueError):
+        Normalize(MEAN, (1.0, 0.0, 1.0))
 
 
 def test_normalize_batch_rejects_bad_input() -> None:

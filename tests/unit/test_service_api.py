@@ -7,7 +7,6 @@ import io
 import logging
 import struct
 import threading
-import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -391,15 +390,48 @@ def test_a_burst_over_the_queue_bound_is_shed_and_the_rest_answered(
             assert response.headers["retry-after"] == "2"
 
 
-def test_the_deadline_gives_504_and_the_expired_image_is_not_computed(store: Path) -> None:
-    settings = settings_for(store, request_timeout_s=0.05, max_wait_ms=300)
-    with TestClient(create_app(settings)) as client:
-        assert_error(predict(client, "colours", PNG), 504, "deadline_exceeded")
-        for _ in range(100):  # after max_wait the worker takes the image and drops it
-            text = client.get("/metrics").text
-            if 'mdp_queue_depth{domain="colours"} 0.0' in text:
-                break
-            time.sleep(0.05)
+def test_the_deadline_gives_504_and_the_expired_image_is_not_computed(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(settings_for(store, request_timeout_s=0.3))
+    gate, entered = threading.Event(), threading.Event()
+    forward = engine_module._forward
+
+    def gated_forward(network: torch.nn.Module, inputs: Tensor) -> Tensor:
+        entered.set()
+        assert gate.wait(10)
+        return forward(network, inputs)
+
+    async def scenario() -> str:
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        transport = httpx.ASGITransport(app=app)
+        try:
+            return await exchange(httpx.AsyncClient(transport=transport, base_url="http://service"))
+        finally:
+            gate.set()
+            await lifespan.__aexit__(None, None, None)
+
+    async def exchange(client: httpx.AsyncClient) -> str:
+        async with client:
+            monkeypatch.setattr(engine_module, "_forward", gated_forward)
+            headers = {"content-type": "image/png"}
+            busy = asyncio.create_task(
+                client.post("/v1/domains/shapes/predict", content=PNG, headers=headers)
+            )
+            await asyncio.to_thread(entered.wait, 5)  # the compute slot is taken
+            late = await client.post("/v1/domains/colours/predict", content=PNG, headers=headers)
+            assert_error(late, 504, "deadline_exceeded")
+            gate.set()  # the colours worker now takes the expired image and drops it
+            assert_error(await busy, 504, "deadline_exceeded")  # it started first, expired first
+            for _ in range(100):
+                text = (await client.get("/metrics")).text
+                if 'mdp_queue_depth{domain="colours"} 0.0' in text:
+                    break
+                await asyncio.sleep(0.05)
+        return text
+
+    text = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
     assert 'mdp_queue_depth{domain="colours"} 0.0' in text
     assert 'mdp_batch_size_count{domain="colours"} 0.0' in text
     assert 'mdp_rejections_total{domain="colours",reason="deadline"} 1.0' in text

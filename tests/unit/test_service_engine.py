@@ -87,18 +87,72 @@ def test_full_batches_are_formed_without_waiting_and_results_keep_their_order() 
     run(scenario)
 
 
-def test_a_lone_request_waits_at_most_max_wait() -> None:
+def test_a_lone_request_is_computed_at_once() -> None:
     network = Recorder()
 
     async def scenario() -> None:
-        engine, _ = make_engine(network, max_batch_size=32, max_wait_ms=30)
+        engine, _ = make_engine(network, max_batch_size=32, max_wait_ms=5000)
         await engine.start()
         network.batches.clear()
         loop = asyncio.get_running_loop()
         started = loop.time()
         await engine.predict("a", [image(1)], deadline())
-        assert 0.025 <= loop.time() - started < 2
+        assert loop.time() - started < 2  # nothing else was on its way: no 5 s wait
         assert network.batches == [1]
+        await engine.stop(1)
+
+    run(scenario)
+
+
+def test_a_batch_waits_for_announced_images_at_most_max_wait() -> None:
+    network = Recorder()
+
+    async def scenario() -> None:
+        engine, _ = make_engine(network, max_batch_size=32, max_wait_ms=5000)
+        await engine.start()
+        network.batches.clear()
+        with engine.arriving("a", 1):  # one image still being preprocessed
+            first = asyncio.create_task(engine.predict("a", [image(1)], deadline()))
+            await asyncio.sleep(0.05)
+            assert not first.done() and network.batches == []  # waits for the announced image
+        second = engine.predict("a", [image(2)], deadline())
+        assert len(await second) == 1 and len(await first) == 1
+        assert network.batches == [2]  # one batch, without waiting the full 5 s
+
+        engine_short, _ = make_engine(network, max_batch_size=32, max_wait_ms=30)
+        await engine_short.start()
+        network.batches.clear()
+        loop = asyncio.get_running_loop()
+        with engine_short.arriving("a", 1):  # announced, but never queued within max_wait
+            started = loop.time()
+            await engine_short.predict("a", [image(1)], deadline())
+            assert 0.025 <= loop.time() - started < 2
+        assert network.batches == [1]
+        await engine.stop(1)
+        await engine_short.stop(1)
+
+    run(scenario)
+
+
+def test_images_that_queue_during_a_forward_pass_form_the_next_batch() -> None:
+    gate = threading.Event()
+    network = Recorder(gate)
+
+    async def scenario() -> None:
+        engine, _ = make_engine(network, max_batch_size=8, max_wait_ms=0)
+        gate.set()
+        await engine.start()
+        gate.clear()
+        network.entered.clear()
+        network.batches.clear()
+        busy = asyncio.create_task(engine.predict("a", [image(1)], deadline()))
+        await asyncio.to_thread(network.entered.wait, 5)
+        waiting = [asyncio.create_task(engine.predict("a", [image(2)], deadline())) for _ in "abc"]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await busy
+        assert [len(r) for r in await asyncio.gather(*waiting)] == [1, 1, 1]
+        assert network.batches == [1, 3]
         await engine.stop(1)
 
     run(scenario)
