@@ -33,9 +33,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from multidomain.arch import ArchitectureError, ArchSpec
-from multidomain.fold import fold_batchnorm
+from multidomain.fold import serving_network
 from multidomain.network import ResNet26
-from multidomain.preprocess import Normalize
 
 FORMAT_NAME = "multidomain-pruning-artifact"
 FORMAT_VERSION = 1
@@ -176,12 +175,9 @@ class Artifact:
         return net.eval()
 
     def served_network(self, name: str) -> nn.Module:
-        """What serving runs for a domain (eval mode): uint8 [N, 3, S, S] pixels -> the domain's
-        normalisation -> its compact subnetwork with BatchNorm folded into the convolutions, its
-        weights in channels-last layout (faster CPU convolutions, same results)."""
+        """What serving runs for a domain: ``serving_network`` of its compact subnetwork."""
         entry = self.domain(name)
-        network = nn.Sequential(Normalize(entry.mean, entry.std), fold_batchnorm(self.subnet(name)))
-        return network.to(memory_format=torch.channels_last).eval()
+        return serving_network(self.subnet(name), entry.mean, entry.std)
 
 
 def write_artifact(

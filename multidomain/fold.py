@@ -5,11 +5,13 @@ sqrt(var + eps)``), so a forward pass runs convolutions, ReLUs and additions onl
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from multidomain.network import ResNet26
+from multidomain.preprocess import Normalize
 
 
 def _fold(conv: nn.Conv2d, bn: nn.Module) -> None:
@@ -35,3 +37,11 @@ def fold_batchnorm(model: ResNet26) -> ResNet26:
         _fold(conv, bns[0])
         bns[0] = nn.Identity()
     return folded
+
+
+def serving_network(model: ResNet26, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
+    """What serving runs (eval mode): uint8 [N, 3, S, S] pixels -> normalisation -> ``model``
+    with BatchNorm folded into the convolutions, its weights in channels-last layout (faster
+    CPU convolutions, same results)."""
+    network = nn.Sequential(Normalize(mean, std), fold_batchnorm(model))
+    return network.to(memory_format=torch.channels_last).eval()
