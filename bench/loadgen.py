@@ -66,15 +66,24 @@ def make_requests(artifact_path: Path, per_domain: int, seed: int) -> list[Reque
     return requests
 
 
+@dataclass(frozen=True)
+class Run:
+    """One closed-loop measurement: every measured answer's domain and latency (s)."""
+
+    concurrency: int
+    wall_s: float
+    statuses: dict[int, int]
+    samples: list[tuple[str, float]]
+
+
 async def closed_loop(
     target: Target, requests: Sequence[Request], concurrency: int, total: int, warmup: int
-) -> dict[str, Any]:
+) -> Run:
     """``concurrency`` clients send ``warmup`` unmeasured requests, then ``total`` measured."""
     url = urllib.parse.urlsplit(target.url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     wire = [_serialise(host, port, target, request) for request in requests]
-    latencies: list[float] = []
-    domains: list[str] = []
+    samples: list[tuple[str, float]] = []
     statuses: dict[int, int] = {}
     sent = 0
 
@@ -89,8 +98,7 @@ async def closed_loop(
                 writer.write(payload)
                 status = await _read_response(reader)
                 if record:
-                    latencies.append(time.perf_counter() - start)
-                    domains.append(request.domain)
+                    samples.append((request.domain, time.perf_counter() - start))
                     statuses[status] = statuses.get(status, 0) + 1
         finally:
             writer.close()
@@ -99,24 +107,35 @@ async def closed_loop(
     sent = 0
     started = time.perf_counter()
     await asyncio.gather(*(client(total, True) for _ in range(concurrency)))
-    wall = time.perf_counter() - started
-    ms = np.asarray(latencies) * 1000
+    return Run(concurrency, time.perf_counter() - started, statuses, samples)
+
+
+def summarise(runs: Sequence[Run]) -> dict[str, Any]:
+    """Throughput (answers over wall time) and latency percentiles, overall and per domain, of
+    one or more runs at the same concurrency pooled together."""
+    samples = [sample for run in runs for sample in run.samples]
+    wall = sum(run.wall_s for run in runs)
+    statuses: dict[int, int] = {}
+    for run in runs:
+        for code, count in run.statuses.items():
+            statuses[code] = statuses.get(code, 0) + count
+    ms = np.asarray([latency for _, latency in samples]) * 1000
     per_domain = {}
-    for name in sorted(set(domains)):
-        own = (
-            np.asarray([lat for lat, d in zip(latencies, domains, strict=True) if d == name]) * 1000
-        )
+    for name in sorted({domain for domain, _ in samples}):
+        own = np.asarray([latency for domain, latency in samples if domain == name]) * 1000
         per_domain[name] = {
             "requests": int(own.size),
             **{f"p{q}_ms": round(float(np.percentile(own, q)), 2) for q in (50, 95, 99)},
         }
     return {
-        "concurrency": concurrency,
-        "requests": len(latencies),
+        "concurrency": runs[0].concurrency,
+        "rounds": len(runs),
+        "requests": len(samples),
         "errors": sum(n for code, n in statuses.items() if code != 200),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "wall_s": round(wall, 3),
-        "throughput_rps": round(len(latencies) / wall, 2),
+        "throughput_rps": round(len(samples) / wall, 2),
+        "round_throughputs_rps": [round(len(run.samples) / run.wall_s, 2) for run in runs],
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
         "p95_ms": round(float(np.percentile(ms, 95)), 2),
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
@@ -127,7 +146,7 @@ async def closed_loop(
 
 def run_closed_loop(
     target: Target, requests: Sequence[Request], concurrency: int, total: int, warmup: int
-) -> dict[str, Any]:
+) -> Run:
     """``closed_loop`` on a fresh event loop (uvloop when installed)."""
     try:
         import uvloop

@@ -6,7 +6,8 @@ the artifact to a ``.mar``, starts TorchServe with it, measures it and stops it;
 ``C`` clients each send a request, wait for its answer, and send the next, until ``--requests``
 answers have arrived at that concurrency (after ``--warmup`` unmeasured ones). Requests cycle
 through every domain in a fixed shuffled order, each a PNG of the domain's input size. The load
-generator (asyncio + httpx) runs in this process, on the same CPUs as the server under test.
+generator (bench/loadgen.py: raw keep-alive HTTP/1.1 on asyncio streams) runs in this process,
+on the same CPUs as the server under test.
 
 Reported per server and concurrency: throughput (answers/s), p50 and p99 latency, errors, and
 the FastAPI/TorchServe ratios. Writes ``<out>.json`` and ``<out>.md`` (default
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 import ts
-from loadgen import Request, Target, fastapi_server, make_requests, run_closed_loop
+from loadgen import Request, Target, fastapi_server, make_requests, run_closed_loop, summarise
 
 from multidomain.artifact import load_artifact
 from service.torchserve_export import TorchServeModelConfig, export_mar
@@ -46,14 +47,14 @@ def measure(
 ) -> list[dict[str, Any]]:
     rows = []
     for concurrency in args.concurrency:
-        row = run_closed_loop(target, requests, concurrency, args.requests, args.warmup)
-        row["server"] = target.name
+        run = run_closed_loop(target, requests, concurrency, args.requests, args.warmup)
+        row = {"server": target.name, **summarise([run])}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
 
 
-def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_key = {(r["server"], r["concurrency"]): r for r in rows}
     out = []
     for concurrency in sorted({r["concurrency"] for r in rows}):
@@ -81,7 +82,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Artifact: `{result['artifact']}` ({result['model']} {result['version']}, domains "
         f"{', '.join(result['domains'])}); {result['requests_per_level']} measured requests per "
         f"concurrency level after {result['warmup']} warm-up ones; client in the bench process "
-        f"(asyncio + httpx) on the same machine: {result['machine']}.",
+        "(bench/loadgen.py, raw HTTP/1.1 on asyncio streams) on the same machine: "
+        f"{result['machine']}.",
         "",
         "Settings:",
         f"- FastAPI: 1 uvicorn process, torch threads {fast['MDP_TORCH_THREADS']}, "
@@ -210,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             },
         },
         "rows": rows,
-        "ratios": summarise(rows),
+        "ratios": compare(rows),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

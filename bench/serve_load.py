@@ -1,8 +1,10 @@
 """FastAPI service under closed-loop mixed-domain load: micro-batching vs batch size 1.
 
-Starts ``python -m service`` on 127.0.0.1 (by process group) once with ``MDP_MAX_BATCH_SIZE`` =
-``--batch-size`` and once with 1, and at each concurrency drives it from a separate load
-process (``bench/loadgen.py``): throughput, p50/p95/p99 overall and per domain. Writes
+Starts two ``python -m service`` processes on 127.0.0.1 (by process group), one with
+``MDP_MAX_BATCH_SIZE`` = ``--batch-size`` and one with 1 (an idle one costs no CPU). At each
+concurrency a separate load process (``bench/loadgen.py``) drives them in ``--rounds``
+alternating rounds, so that drifts in the shared machine's speed affect both alike; the rounds
+are pooled: throughput, p50/p95/p99 overall and per domain. Writes
 ``bench/results/serve_load.{json,md}`` with the command and the settings.
 
     python bench/serve_load.py model_store/default/<version> [--concurrency 1 8 32]
@@ -17,10 +19,11 @@ import shlex
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from loadgen import Target, fastapi_server, make_requests, run_closed_loop
+from loadgen import Run, Target, fastapi_server, make_requests, run_closed_loop, summarise
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -31,7 +34,7 @@ def _predict_path(request: Any) -> tuple[str, dict[str, str]]:
 
 def _load(
     url: str, artifact: str, per_domain: int, concurrency: int, total: int, warmup: int
-) -> dict[str, Any]:
+) -> Run:
     requests = make_requests(Path(artifact), per_domain, seed=0)
     target = Target("fastapi", url, _predict_path)
     return run_closed_loop(target, requests, concurrency, total, warmup)
@@ -41,7 +44,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, default=1000, help="measured answers per level")
+    parser.add_argument(
+        "--requests", type=int, default=600, help="measured answers per round and level"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per level")
     parser.add_argument("--warmup", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -52,9 +58,15 @@ def main() -> None:
     artifact = args.artifact.resolve()
     rows = []
     settings_used = {}
+    batches = (args.batch_size, 1)
     spawn = multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory() as scratch, ProcessPoolExecutor(1, mp_context=spawn) as pool:
-        for batch in (args.batch_size, 1):
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        ProcessPoolExecutor(1, mp_context=spawn) as pool,
+        ExitStack() as servers,
+    ):
+        urls = {}
+        for batch in batches:
             settings = {
                 "MDP_MAX_BATCH_SIZE": str(batch),
                 "MDP_MAX_WAIT_MS": str(args.max_wait_ms if batch > 1 else 0),
@@ -63,15 +75,21 @@ def main() -> None:
                 "MDP_LOG_LEVEL": "warning",
             }
             settings_used[f"batch_{batch}"] = settings
-            with fastapi_server(artifact, settings, Path(scratch) / f"service-{batch}.log") as url:
-                for concurrency in args.concurrency:
-                    row = pool.submit(
-                        _load, url, str(artifact), args.images_per_domain, concurrency,
+            log = Path(scratch) / f"service-{batch}.log"
+            urls[batch] = servers.enter_context(fastapi_server(artifact, settings, log))
+        for concurrency in args.concurrency:
+            runs: dict[int, list[Run]] = {batch: [] for batch in batches}
+            for round_ in range(args.rounds):
+                for batch in batches if round_ % 2 == 0 else batches[::-1]:
+                    run = pool.submit(
+                        _load, urls[batch], str(artifact), args.images_per_domain, concurrency,
                         args.requests, args.warmup,
                     ).result()  # fmt: skip
-                    row["max_batch_size"] = batch
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+                    runs[batch].append(run)
+            for batch in batches:
+                row = {"max_batch_size": batch, **summarise(runs[batch])}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     by_key = {(r["max_batch_size"], r["concurrency"]): r for r in rows}
     summary = []
     for concurrency in args.concurrency:
@@ -87,6 +105,8 @@ def main() -> None:
         "command": shlex.join(["python", *sys.argv]),
         "artifact": str(args.artifact),
         "settings": settings_used,
+        "rounds": args.rounds,
+        "requests_per_round": args.requests,
         "rows": rows,
         "summary": summary,
     }
@@ -100,8 +120,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# FastAPI service: closed-loop mixed-domain load, micro-batching vs batch size 1",
         "",
-        f"Command: `{result['command']}`; load from a separate process on 127.0.0.1; "
-        f"settings: `{json.dumps(result['settings'])}`",
+        f"Command: `{result['command']}`; load from a separate process on 127.0.0.1, both servers "
+        f"up, {result['rounds']} alternating rounds of {result['requests_per_round']} measured "
+        f"answers per row, pooled; settings: `{json.dumps(result['settings'])}`",
         "",
         "| max batch | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors "
         "| per-domain p50/p95/p99 ms |",
