@@ -390,45 +390,56 @@ def test_a_burst_over_the_queue_bound_is_shed_and_the_rest_answered(
             assert response.headers["retry-after"] == "2"
 
 
+class GatedForward:
+    """Stand-in for the engine's forward pass (install it after warm-up): signals ``entered`` on
+    the compute thread and holds the compute slot until ``gate`` is set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.gate, self.entered = threading.Event(), threading.Event()
+        self._forward = engine_module._forward
+        self._monkeypatch = monkeypatch
+
+    def install(self) -> None:
+        self._monkeypatch.setattr(engine_module, "_forward", self)
+
+    def __call__(self, network: torch.nn.Module, inputs: Tensor) -> Tensor:
+        self.entered.set()
+        assert self.gate.wait(10)
+        return self._forward(network, inputs)
+
+
 def test_the_deadline_gives_504_and_the_expired_image_is_not_computed(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = create_app(settings_for(store, request_timeout_s=0.3))
-    gate, entered = threading.Event(), threading.Event()
-    forward = engine_module._forward
-
-    def gated_forward(network: torch.nn.Module, inputs: Tensor) -> Tensor:
-        entered.set()
-        assert gate.wait(10)
-        return forward(network, inputs)
+    forward = GatedForward(monkeypatch)
 
     async def scenario() -> str:
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         transport = httpx.ASGITransport(app=app)
         try:
-            return await exchange(httpx.AsyncClient(transport=transport, base_url="http://service"))
+            async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+                forward.install()
+                headers = {"content-type": "image/png"}
+                busy = asyncio.create_task(
+                    client.post("/v1/domains/shapes/predict", content=PNG, headers=headers)
+                )
+                await asyncio.to_thread(forward.entered.wait, 5)  # the compute slot is taken
+                late = await client.post(
+                    "/v1/domains/colours/predict", content=PNG, headers=headers
+                )
+                assert_error(late, 504, "deadline_exceeded")
+                forward.gate.set()  # the colours worker now takes the expired image, drops it
+                assert_error(await busy, 504, "deadline_exceeded")  # started and expired first
+                for _ in range(100):
+                    text = (await client.get("/metrics")).text
+                    if 'mdp_queue_depth{domain="colours"} 0.0' in text:
+                        break
+                    await asyncio.sleep(0.05)
         finally:
-            gate.set()
+            forward.gate.set()
             await lifespan.__aexit__(None, None, None)
-
-    async def exchange(client: httpx.AsyncClient) -> str:
-        async with client:
-            monkeypatch.setattr(engine_module, "_forward", gated_forward)
-            headers = {"content-type": "image/png"}
-            busy = asyncio.create_task(
-                client.post("/v1/domains/shapes/predict", content=PNG, headers=headers)
-            )
-            await asyncio.to_thread(entered.wait, 5)  # the compute slot is taken
-            late = await client.post("/v1/domains/colours/predict", content=PNG, headers=headers)
-            assert_error(late, 504, "deadline_exceeded")
-            gate.set()  # the colours worker now takes the expired image and drops it
-            assert_error(await busy, 504, "deadline_exceeded")  # it started first, expired first
-            for _ in range(100):
-                text = (await client.get("/metrics")).text
-                if 'mdp_queue_depth{domain="colours"} 0.0' in text:
-                    break
-                await asyncio.sleep(0.05)
         return text
 
     text = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
@@ -461,20 +472,14 @@ def test_shutdown_turns_readiness_off_and_drains_in_flight_requests(
     store: Path, offline: Reference, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = create_app(settings_for(store, max_wait_ms=0))
-    gate, entered = threading.Event(), threading.Event()
-    forward = engine_module._forward
-
-    def gated_forward(network: torch.nn.Module, inputs: Tensor) -> Tensor:
-        entered.set()
-        assert gate.wait(10)
-        return forward(network, inputs)
+    forward = GatedForward(monkeypatch)
 
     async def scenario() -> None:
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
-            monkeypatch.setattr(engine_module, "_forward", gated_forward)
+            forward.install()
             in_flight = asyncio.create_task(
                 client.post(
                     "/v1/domains/shapes/predict",
@@ -483,7 +488,7 @@ def test_shutdown_turns_readiness_off_and_drains_in_flight_requests(
                     params={"top_k": 3},
                 )
             )
-            await asyncio.to_thread(entered.wait, 5)
+            await asyncio.to_thread(forward.entered.wait, 5)
             closing = asyncio.create_task(lifespan.__aexit__(None, None, None))
             await asyncio.sleep(0.05)
             assert_error(await client.get("/readyz"), 503, "not_ready")
@@ -491,7 +496,7 @@ def test_shutdown_turns_readiness_off_and_drains_in_flight_requests(
                 "/v1/domains/shapes/predict", content=PNG, headers={"content-type": "image/png"}
             )
             assert_error(late, 503, "not_ready")
-            gate.set()
+            forward.gate.set()
             response = await in_flight
             await closing
         assert response.status_code == 200, response.text

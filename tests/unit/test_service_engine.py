@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -54,6 +55,22 @@ def make_engine(
     return engine, metrics
 
 
+async def start_engine(
+    network: Recorder, **settings: Any
+) -> tuple[InferenceEngine, ServiceMetrics]:
+    """``make_engine``, started: the warm-up passes the recorder's gate, then the gate closes
+    and the recorder forgets the warm-up."""
+    engine, metrics = make_engine(network, **settings)
+    if network.gate is not None:
+        network.gate.set()
+    await engine.start()
+    if network.gate is not None:
+        network.gate.clear()
+    network.entered.clear()
+    network.batches.clear()
+    return engine, metrics
+
+
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(scenario(), timeout=20))
 
@@ -70,9 +87,7 @@ def test_full_batches_are_formed_without_waiting_and_results_keep_their_order() 
     network = Recorder()
 
     async def scenario() -> None:
-        engine, metrics = make_engine(network, max_batch_size=4, max_wait_ms=5000)
-        await engine.start()
-        network.batches.clear()  # warm-up ran 1 and max_batch_size
+        engine, metrics = await start_engine(network, max_batch_size=4, max_wait_ms=5000)
         values = [float(v) for v in range(8)]
         results = await asyncio.gather(
             *(engine.predict("a", [image(v / 100)], deadline()) for v in values)
@@ -91,9 +106,7 @@ def test_a_lone_request_is_computed_at_once() -> None:
     network = Recorder()
 
     async def scenario() -> None:
-        engine, _ = make_engine(network, max_batch_size=32, max_wait_ms=5000)
-        await engine.start()
-        network.batches.clear()
+        engine, _ = await start_engine(network, max_batch_size=32, max_wait_ms=5000)
         loop = asyncio.get_running_loop()
         started = loop.time()
         await engine.predict("a", [image(1)], deadline())
@@ -108,9 +121,7 @@ def test_a_batch_waits_for_announced_images_at_most_max_wait() -> None:
     network = Recorder()
 
     async def scenario() -> None:
-        engine, _ = make_engine(network, max_batch_size=32, max_wait_ms=5000)
-        await engine.start()
-        network.batches.clear()
+        engine, _ = await start_engine(network, max_batch_size=32, max_wait_ms=5000)
         with engine.arriving("a", 1):  # one image still being preprocessed
             first = asyncio.create_task(engine.predict("a", [image(1)], deadline()))
             await asyncio.sleep(0.05)
@@ -119,9 +130,7 @@ def test_a_batch_waits_for_announced_images_at_most_max_wait() -> None:
         assert len(await second) == 1 and len(await first) == 1
         assert network.batches == [2]  # one batch, without waiting the full 5 s
 
-        engine_short, _ = make_engine(network, max_batch_size=32, max_wait_ms=30)
-        await engine_short.start()
-        network.batches.clear()
+        engine_short, _ = await start_engine(network, max_batch_size=32, max_wait_ms=30)
         loop = asyncio.get_running_loop()
         with engine_short.arriving("a", 1):  # announced, but never queued within max_wait
             started = loop.time()
@@ -139,12 +148,7 @@ def test_images_that_queue_during_a_forward_pass_form_the_next_batch() -> None:
     network = Recorder(gate)
 
     async def scenario() -> None:
-        engine, _ = make_engine(network, max_batch_size=8, max_wait_ms=0)
-        gate.set()
-        await engine.start()
-        gate.clear()
-        network.entered.clear()
-        network.batches.clear()
+        engine, _ = await start_engine(network, max_batch_size=8, max_wait_ms=0)
         busy = asyncio.create_task(engine.predict("a", [image(1)], deadline()))
         await asyncio.to_thread(network.entered.wait, 5)
         waiting = [asyncio.create_task(engine.predict("a", [image(2)], deadline())) for _ in "abc"]
@@ -163,11 +167,7 @@ def test_full_queue_is_refused_immediately_and_others_are_answered() -> None:
     network = Recorder(gate)
 
     async def scenario() -> None:
-        engine, _ = make_engine(network, max_batch_size=1, max_wait_ms=0, queue_size=2)
-        gate.set()
-        await engine.start()
-        gate.clear()
-        network.entered.clear()
+        engine, _ = await start_engine(network, max_batch_size=1, max_wait_ms=0, queue_size=2)
         first = asyncio.create_task(engine.predict("a", [image(1)], deadline()))
         await asyncio.to_thread(network.entered.wait, 5)  # computing, queue empty again
         queued = [asyncio.create_task(engine.predict("a", [image(2)], deadline())) for _ in "ab"]
@@ -189,12 +189,7 @@ def test_deadline_and_requests_that_gave_up_are_not_computed() -> None:
     network = Recorder(gate)
 
     async def scenario() -> None:
-        engine, _ = make_engine(network, max_batch_size=8, max_wait_ms=0)
-        gate.set()
-        await engine.start()
-        gate.clear()
-        network.entered.clear()
-        network.batches.clear()
+        engine, _ = await start_engine(network, max_batch_size=8, max_wait_ms=0)
         busy = asyncio.create_task(engine.predict("a", [image(1)], deadline()))
         await asyncio.to_thread(network.entered.wait, 5)
         with pytest.raises(DeadlineExceeded):
@@ -213,11 +208,7 @@ def test_stop_drains_queued_work_then_refuses_new_work() -> None:
     network = Recorder(gate)
 
     async def scenario() -> None:
-        engine, metrics = make_engine(network, max_batch_size=2, max_wait_ms=0)
-        gate.set()
-        await engine.start()
-        gate.clear()
-        network.entered.clear()
+        engine, metrics = await start_engine(network, max_batch_size=2, max_wait_ms=0)
         tasks = [asyncio.create_task(engine.predict("a", [image(i)], deadline())) for i in range(5)]
         await asyncio.to_thread(network.entered.wait, 5)
         stopping = asyncio.create_task(engine.stop(5))
@@ -237,11 +228,7 @@ def test_stop_fails_what_the_grace_period_leaves() -> None:
     network = Recorder(gate)
 
     async def scenario() -> None:
-        engine, _ = make_engine(network, max_batch_size=1, max_wait_ms=0)
-        gate.set()
-        await engine.start()
-        gate.clear()
-        network.entered.clear()
+        engine, _ = await start_engine(network, max_batch_size=1, max_wait_ms=0)
         stuck = asyncio.create_task(engine.predict("a", [image(1)], deadline()))
         waiting = asyncio.create_task(engine.predict("a", [image(2)], deadline()))
         await asyncio.to_thread(network.entered.wait, 5)
@@ -258,8 +245,7 @@ def test_a_failing_network_fails_its_batch_and_the_worker_survives() -> None:
     network = Recorder()
 
     async def scenario() -> None:
-        engine, _ = make_engine(network, max_batch_size=4, max_wait_ms=0)
-        await engine.start()
+        engine, _ = await start_engine(network, max_batch_size=4, max_wait_ms=0)
         network.fail = True
         with pytest.raises(RuntimeError, match="inference failed") as info:
             await engine.predict("a", [image(1)], deadline())
