@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from devtools.torchserve_local import free_port
 from multidomain.artifact import load_artifact
-from service.torchserve_local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

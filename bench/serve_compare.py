@@ -34,9 +34,9 @@ import torch
 import ts
 from loadgen import Request, Target, fastapi_server, make_requests, run_closed_loop, summarise
 
+from devtools.torchserve_local import LocalTorchServe
 from multidomain.artifact import load_artifact
-from service.torchserve_export import TorchServeModelConfig, export_mar
-from service.torchserve_local import LocalTorchServe
+from torchserving.export import TorchServeModelConfig, export_mar
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

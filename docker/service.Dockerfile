@@ -30,7 +30,8 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['service']))" > /
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# 2. Code: only what serving needs (the service never imports `training`).
+# 2. Code: only what serving needs (the service never imports `training`, `torchserving` or the
+#    test tooling in `devtools`).
 COPY README.md ./
 COPY multidomain ./multidomain
 COPY service ./service

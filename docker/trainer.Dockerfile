@@ -39,6 +39,7 @@ COPY README.md ./
 COPY multidomain ./multidomain
 COPY training ./training
 COPY service ./service
+COPY torchserving ./torchserving
 COPY mdprune ./mdprune
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 

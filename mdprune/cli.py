@@ -312,7 +312,7 @@ def torchserve_export(
     """Package an artifact for TorchServe: <model-store>/<name>.mar (handler, artifact, code)."""
     with clean_errors():
         from multidomain.artifact import MANIFEST_FILE, load_artifact, resolve_artifact
-        from service.torchserve_export import TorchServeModelConfig, export_mar
+        from torchserving.export import TorchServeModelConfig, export_mar
 
         if not (path / MANIFEST_FILE).is_file() and path.is_dir():
             path = resolve_artifact(path.parent, path.name)

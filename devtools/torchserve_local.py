@@ -27,8 +27,9 @@ from typing import IO, Any
 
 import psutil
 
-#: FastAPI service's default body limit (``MDP_MAX_BODY_BYTES``), used for TorchServe too.
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
+from multidomain.serving import MAX_BODY_BYTES
+
+__all__ = ["QUIET_LOG4J2", "LocalTorchServe", "Ports", "config_properties", "free_port"]
 
 #: log4j2 config for ``quiet_logs``: warnings and errors only, no access log. TorchServe's
 #: default logs every request several times (access log, frontend at debug level, console).
@@ -92,8 +93,8 @@ def config_properties(
         "disable_token_authorization": "true",
         "default_workers_per_model": str(workers),
         "model_store": str(Path(model_store).resolve()),
-        "max_request_size": str(MAX_REQUEST_BYTES),
-        "max_response_size": str(MAX_REQUEST_BYTES),
+        "max_request_size": str(MAX_BODY_BYTES),
+        "max_response_size": str(MAX_BODY_BYTES),
         "install_py_dep_per_model": "false",
         **(extra or {}),
     }
