@@ -147,8 +147,8 @@ def _resize_crop_rgb(image: Image.Image, image_size: int) -> np.ndarray:
 def _to_8bit(image: Image.Image, source: Image.Image) -> Image.Image:
     """``image`` (``source`` or a crop of it) as an opaque 8-bit ``L`` or ``RGB`` image.
 
-    Value ranges of 32-bit modes are judged on the whole ``source``, so that a crop is accepted
-    exactly when its image is."""
+    The value range of a 32-bit mode is judged on the whole ``source`` (without copying it),
+    NaN and infinity on the pixels used."""
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
         if mode == "I":
@@ -168,7 +168,11 @@ def _to_8bit(image: Image.Image, source: Image.Image) -> Image.Image:
     if mode == "F":
         low, high = _value_range(source)
         values = np.asarray(image, dtype=np.float32)
-        if not (low >= 0.0 and high <= 1.0) or not np.isfinite(values).all():
+        if not np.isfinite(values).all():
+            raise UnsupportedImageError(
+                "unsupported image: float pixels (mode F) include NaN or infinity"
+            )
+        if not (low >= 0.0 and high <= 1.0):
             raise UnsupportedImageError(
                 f"unsupported image: float pixels (mode F) range {low:g}..{high:g}; "
                 "only values in [0, 1] can be scaled to 8 bits"
