@@ -316,6 +316,7 @@ class CaseResult:
     latency_s: float
     rss_before: int
     rss_after: int
+    rss_peak: int  # highest resident set while the case was handled
     alive: bool
     note: str
 
@@ -336,9 +337,11 @@ def post_corpus(
     url: str, pid: int, domain: str, cases: Iterable[HostileCase], timeout: float = 60
 ) -> Iterator[CaseResult]:
     """POST each case to ``/v1/domains/<domain>/predict``, one at a time, with the server's
-    resident set before and after; stops early once the server process is gone."""
+    resident set before, after and at its highest in between (VmHWM, reset before each case
+    through /proc/<pid>/clear_refs); stops early once the server process is gone."""
     with httpx.Client(timeout=timeout) as client:
         for case in cases:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
             rss_before = status_bytes(pid, "VmRSS")
             start = time.perf_counter()
             status: int | None = None
@@ -358,7 +361,8 @@ def post_corpus(
             alive = _alive(pid)
             yield CaseResult(
                 case.name, case.category, len(case.data), case.expected_status, status,
-                error_type, latency, rss_before, status_bytes(pid, "VmRSS"), alive, case.note,
+                error_type, latency, rss_before, status_bytes(pid, "VmRSS"),
+                status_bytes(pid, "VmHWM"), alive, case.note,
             )  # fmt: skip
             if not alive:
                 return

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +20,13 @@ from multidomain.preprocess import (
     eval_resize,
     eval_transform,
     normalize_batch,
+)
+from tests.hostile_images import (
+    frames,
+    gif_with_sizes,
+    jpeg_with_header_size,
+    png_with_header_size,
+    tiff_with_header_size,
 )
 
 MEAN = (0.485, 0.456, 0.406)
@@ -97,17 +104,8 @@ def test_decode_image_roundtrip(fmt: str) -> None:
     assert image.mode == "RGB"
 
 
-def _png_with_header_size(width: int, height: int) -> bytes:
-    """A real 1x1 PNG whose IHDR (with a valid CRC) claims width x height pixels."""
-    data = bytearray(_encode(Image.new("L", (1, 1)), "PNG"))
-    assert data[12:16] == b"IHDR"
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
-    return bytes(data)
-
-
 def test_decode_image_pixel_bomb_refused_from_header() -> None:
-    bomb = _png_with_header_size(5_000, 5_000)
+    bomb = png_with_header_size(5_000, 5_000)
     # Decoding must fail (the data holds one pixel), so ImageTooLargeError proves the size
     # check ran on the header, before any decoding.
     with pytest.raises(ImageTooLargeError, match="5000x5000"):
@@ -116,7 +114,7 @@ def test_decode_image_pixel_bomb_refused_from_header() -> None:
         decode_image(bomb, max_pixels=5_000 * 5_000)
     # Far beyond PIL's own bomb limit: refused as too large as well, never decoded.
     with pytest.raises(ImageTooLargeError):
-        decode_image(_png_with_header_size(20_000, 20_000), max_pixels=1_000_000)
+        decode_image(png_with_header_size(20_000, 20_000), max_pixels=1_000_000)
 
 
 def test_decode_image_limit_on_real_image() -> None:
@@ -190,12 +188,6 @@ def test_eval_resize_strips_within_one_level_of_torchvision(size: tuple[int, int
 # multi-frame images: the first frame -----------------------------------------------------------
 
 
-def _frames(fmt: str, frames: list[Image.Image], **kwargs: object) -> bytes:
-    buffer = io.BytesIO()
-    frames[0].save(buffer, fmt, save_all=True, append_images=frames[1:], **kwargs)
-    return buffer.getvalue()
-
-
 def _first_pixel(data: bytes) -> list[int]:
     image = decode_image(data, max_pixels=10_000)
     return eval_resize(8)(image)[:, 4, 4].tolist()
@@ -207,7 +199,7 @@ def test_gif_first_frame_with_its_transparency() -> None:
     first.paste(0, (0, 0, 16, 8))  # top half red, bottom half transparent (index 1)
     second = Image.new("P", (16, 16), 0)
     second.putpalette([0, 255, 0] + [0] * 765)
-    data = _frames("GIF", [first, second], transparency=1, disposal=1)
+    data = frames("GIF", [first, second], transparency=1, disposal=1)
     assert Image.open(io.BytesIO(data)).n_frames == 2
     image = decode_image(data, max_pixels=10_000)
     pixels = eval_resize(16)(image)
@@ -218,7 +210,7 @@ def test_gif_first_frame_with_its_transparency() -> None:
 def test_tiff_first_page() -> None:
     first = Image.fromarray(np.full((8, 8), 257 * 100, dtype=np.uint16))  # I;16
     second = Image.new("RGB", (8, 8), (0, 0, 255))
-    data = _frames("TIFF", [first, second])
+    data = frames("TIFF", [first, second])
     assert Image.open(io.BytesIO(data)).n_frames == 2
     assert _first_pixel(data) == [100, 100, 100]
 
@@ -227,7 +219,7 @@ def test_tiff_first_page() -> None:
 def test_animation_first_frame(fmt: str) -> None:
     first = Image.new("RGBA", (8, 8), (200, 0, 0, 255))
     second = Image.new("RGBA", (8, 8), (0, 0, 200, 255))
-    data = _frames(fmt, [first, second], lossless=True)
+    data = frames(fmt, [first, second], lossless=True)
     assert Image.open(io.BytesIO(data)).n_frames == 2
     assert _first_pixel(data) == [200, 0, 0]
 
@@ -235,45 +227,16 @@ def test_animation_first_frame(fmt: str) -> None:
 # small files that declare huge images ---------------------------------------------------------
 
 
-def _jpeg_with_header_size(width: int, height: int) -> bytes:
-    data = bytearray(_encode(Image.new("RGB", (8, 8)), "JPEG"))
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
-
-
-def _gif_with_sizes(screen: tuple[int, int], frame: tuple[int, int]) -> bytes:
-    data = bytearray(_encode(Image.new("P", (4, 4)), "GIF"))
-    data[6:10] = struct.pack("<HH", *screen)
-    descriptor = data.index(b"\x2c", 13)
-    data[descriptor + 5 : descriptor + 9] = struct.pack("<HH", *frame)
-    return bytes(data)
-
-
-def _tiff_with_header_size(width: int, height: int) -> bytes:
-    data = bytearray(_encode(Image.new("L", (4, 4)), "TIFF"))
-    assert data[:2] == b"II"
-    ifd = struct.unpack_from("<I", data, 4)[0]
-    for i in range(struct.unpack_from("<H", data, ifd)[0]):
-        entry = ifd + 2 + 12 * i
-        tag, kind = struct.unpack_from("<HH", data, entry)
-        if tag in (256, 257):  # ImageWidth, ImageLength
-            value = width if tag == 256 else height
-            struct.pack_into("<HHII", data, entry, tag, 4, 1, value)  # as LONG
-            assert kind in (3, 4)
-    return bytes(data)
-
-
 @pytest.mark.parametrize(
     "data,message",
     [
-        (_jpeg_with_header_size(8_000, 8_000), "8000x8000"),
-        (_jpeg_with_header_size(65_000, 65_000), "limit 16777216"),
-        (_gif_with_sizes((8_000, 8_000), (4, 4)), "8000x8000"),
-        (_gif_with_sizes((65_535, 65_535), (4, 4)), "limit 16777216"),
-        (_gif_with_sizes((4, 4), (8_000, 8_000)), "8000x8000"),  # frame beyond the screen
-        (_tiff_with_header_size(8_000, 8_000), "8000x8000"),
-        (_tiff_with_header_size(100_000, 100_000), "limit 16777216"),
+        (jpeg_with_header_size(8_000, 8_000), "8000x8000"),
+        (jpeg_with_header_size(65_000, 65_000), "limit 16777216"),
+        (gif_with_sizes((8_000, 8_000), (4, 4)), "8000x8000"),
+        (gif_with_sizes((65_535, 65_535), (4, 4)), "limit 16777216"),
+        (gif_with_sizes((4, 4), (8_000, 8_000)), "8000x8000"),  # frame beyond the screen
+        (tiff_with_header_size(8_000, 8_000), "8000x8000"),
+        (tiff_with_header_size(100_000, 100_000), "limit 16777216"),
     ],
     ids=["jpeg", "jpeg-huge", "gif", "gif-huge", "gif-frame", "tiff", "tiff-huge"],
 )
@@ -281,3 +244,10 @@ def test_decode_image_small_file_huge_header_refused(data: bytes, message: str) 
     assert len(data) < 1_000
     with pytest.raises(ImageTooLargeError, match=message):
         decode_image(data, max_pixels=4096 * 4096)
+
+
+def test_preprocessing_needs_no_torchvision() -> None:
+    # torchvision is only the reference in tests; importing it costs the service ~160 MiB RSS.
+    code = "import sys, multidomain.preprocess; print('torchvision' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
