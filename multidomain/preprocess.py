@@ -18,7 +18,10 @@ Pixel formats, converted to 8 bits per channel:
   profiles are not applied.
 * 16-bit greyscale (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``): ``round(v / 257)``.
 * 32-bit integer (``I``): as 16-bit when every value lies in 0..65535, else refused.
-* 32-bit float (``F``): ``round(v * 255)`` when every value lies in [0, 1], else refused.
+* 32-bit float (``F``): ``round(v * 255)`` when every value lies in [0, 1], else refused (also
+  NaN and infinity).
+
+These three are resized at their own precision, then scaled.
 * Transparency (``RGBA``, ``LA``, ``PA``, ``RGBa``, a palette with alpha, a transparent colour
   key): composited on :data:`ALPHA_BACKGROUND` (white).
 
@@ -117,7 +120,9 @@ def _resize_crop_rgb(image: Image.Image, image_size: int) -> np.ndarray:
     left = round((new_width - image_size) / 2.0)  # torchvision's crop anchor
     top = round((new_height - image_size) / 2.0)
     if new_long <= WHOLE_RESIZE_MAX_ASPECT * image_size:
-        resized = _to_8bit(image, image).resize((new_width, new_height), Image.Resampling.BILINEAR)
+        resized = _resizable(image, image).resize(
+            (new_width, new_height), Image.Resampling.BILINEAR
+        )
         out = resized.crop((left, top, left + image_size, top + image_size))
     else:
         scale_x, scale_y = width / new_width, height / new_height
@@ -135,20 +140,21 @@ def _resize_crop_rgb(image: Image.Image, image_size: int) -> np.ndarray:
             min(width, math.ceil(box[2]) + margin),
             min(height, math.ceil(box[3]) + margin),
         )
-        part = _to_8bit(image.crop(region), image)
+        part = _resizable(image.crop(region), image)
         shifted = (box[0] - region[0], box[1] - region[1], box[2] - region[0], box[3] - region[1])
         out = part.resize((image_size, image_size), Image.Resampling.BILINEAR, box=shifted)
-    pixels = np.asarray(out)
+    pixels = _eight_bit(out)
     if pixels.ndim == 2:
         return np.repeat(pixels[:, :, None], 3, axis=2)
     return np.array(pixels, dtype=np.uint8)
 
 
-def _to_8bit(image: Image.Image, source: Image.Image) -> Image.Image:
-    """``image`` (``source`` or a crop of it) as an opaque 8-bit ``L`` or ``RGB`` image.
+def _resizable(image: Image.Image, source: Image.Image) -> Image.Image:
+    """``image`` (``source`` or a crop of it) in a mode that resizes to the right pixels: opaque
+    8-bit ``L`` or ``RGB``, or a 16-bit, 32-bit or float greyscale that :func:`_eight_bit`
+    scales after resizing (more precise, and no full-size 8-bit copy).
 
-    The value range of a 32-bit mode is judged on the whole ``source`` (without copying it),
-    NaN and infinity on the pixels used."""
+    The value range of a 32-bit mode is judged on the whole ``source`` (without copying it)."""
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES or mode == "I":
         if mode == "I":
@@ -158,32 +164,28 @@ def _to_8bit(image: Image.Image, source: Image.Image) -> Image.Image:
                     f"unsupported image: 32-bit integer pixels (mode I) range {low}..{high}; "
                     "only 0..65535 (16-bit) can be scaled to 8 bits"
                 )
-        values = np.asarray(image)
-        grey = Image.fromarray(_SIXTEEN_TO_EIGHT[values], "L")
         key = image.info.get("transparency")
-        if isinstance(key, int):
-            alpha = np.where(values == key, 0, 255).astype(np.uint8)
-            return _composite(grey, Image.fromarray(alpha, "L"))
+        if not isinstance(key, int):
+            return image
+        values = np.asarray(image)  # a transparent grey value: flatten before resizing
+        grey = Image.fromarray(_SIXTEEN_TO_EIGHT[values], "L")
+        grey.paste(ALPHA_BACKGROUND[0], mask=Image.fromarray(_mask(values == key), "L"))
         return grey
     if mode == "F":
         low, high = _value_range(source)
-        values = np.asarray(image, dtype=np.float32)
-        if not np.isfinite(values).all():
-            raise UnsupportedImageError(
-                "unsupported image: float pixels (mode F) include NaN or infinity"
-            )
         if not (low >= 0.0 and high <= 1.0):
             raise UnsupportedImageError(
                 f"unsupported image: float pixels (mode F) range {low:g}..{high:g}; "
                 "only values in [0, 1] can be scaled to 8 bits"
             )
-        return Image.fromarray(np.rint(values * 255.0).astype(np.uint8), "L")
+        return image
     if mode == "LAB":
         return _lab_to_srgb(image)
     try:
         if mode in _ALPHA_MODES or _has_colour_key(image):
-            image = image.convert("LA" if mode in ("1", "L", "LA") else "RGBA")
-            return _composite(image.convert(image.mode[:-1]), image.getchannel("A"))
+            if mode not in ("RGBA", "LA"):
+                image = image.convert("LA" if mode in ("1", "L") else "RGBA")
+            return _flatten_alpha(image)
         if mode in ("L", "RGB"):
             return image
         return image.convert("L" if mode == "1" else "RGB")
@@ -191,6 +193,34 @@ def _to_8bit(image: Image.Image, source: Image.Image) -> Image.Image:
         raise UnsupportedImageError(
             f"unsupported image: pixel mode {mode} cannot be converted to RGB ({exc})"
         ) from None
+
+
+def _eight_bit(resized: Image.Image) -> np.ndarray:
+    """A resized image from :func:`_resizable` as uint8 [H, W] or [H, W, 3]."""
+    mode = resized.mode
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        return _SIXTEEN_TO_EIGHT[np.asarray(resized)]
+    if mode == "F":
+        values = np.asarray(resized, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise UnsupportedImageError(
+                "unsupported image: float pixels (mode F) include NaN or infinity"
+            )
+        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.asarray(resized)
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    """An ``RGBA`` or ``LA`` image over :data:`ALPHA_BACKGROUND`: ``c * a + bg * (1 - a)``,
+    rounded (Pillow's masked paste, in place on the colour copy)."""
+    colour = image.convert(image.mode[:-1])
+    transparency = image.getchannel("A").point(lambda a: 255 - a)
+    colour.paste(ALPHA_BACKGROUND[0] if colour.mode == "L" else ALPHA_BACKGROUND, mask=transparency)
+    return colour
+
+
+def _mask(selected: np.ndarray) -> np.ndarray:
+    return np.where(selected, 255, 0).astype(np.uint8)
 
 
 def _value_range(image: Image.Image) -> tuple[float, float]:
@@ -230,14 +260,6 @@ def _has_colour_key(image: Image.Image) -> bool:
     if "transparency" in image.info:
         return True
     return image.mode == "P" and image.palette is not None and image.palette.mode.endswith("A")
-
-
-def _composite(colour: Image.Image, alpha: Image.Image) -> Image.Image:
-    """``colour`` (L or RGB) over :data:`ALPHA_BACKGROUND`, weighted by ``alpha`` (L)."""
-    background = ALPHA_BACKGROUND[0] if colour.mode == "L" else ALPHA_BACKGROUND
-    out = Image.new(colour.mode, colour.size, background)
-    out.paste(colour, mask=alpha)
-    return out
 
 
 def eval_transform(

@@ -271,15 +271,21 @@ def test_palette_and_grey_and_rgb() -> None:
     assert_equal_pixels(preprocess(Image.fromarray(pixels, "RGB"), "PNG"), pixels)
 
 
-# conversion before geometry ----------------------------------------------------------------
+# scaling and geometry -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [(70, 31), (31, 400)])  # whole-image path and crop-region path
-def test_conversion_happens_before_resizing(size: tuple[int, int]) -> None:
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_high_bit_depth_resized_within_one_level_of_scaling_first(
+    size: tuple[int, int], mode: str
+) -> None:
+    # Resized at full precision, then scaled: within one level of scaling to 8 bits first.
     values = rng().integers(0, 65536, (size[1], size[0]), dtype=np.uint16)
-    converted = Image.fromarray(np.rint(values / 257.0).astype(np.uint8), "L")
-    got = preprocess(Image.fromarray(values), "PNG")
-    assert_equal_pixels(got, eval_resize(SIZE)(converted).permute(1, 2, 0).numpy())
+    image = Image.fromarray(values) if mode == "I;16" else Image.fromarray(values / 65535.0)
+    scale = 257.0 if mode == "I;16" else 65535.0 / 255.0
+    converted = Image.fromarray(np.rint(values / scale).astype(np.uint8), "L")
+    got = preprocess(image.convert("F") if mode == "F" else image, "TIFF")
+    assert_equal_pixels(got, eval_resize(SIZE)(converted).permute(1, 2, 0).numpy(), tolerance=1)
 
 
 def test_every_pillow_mode_is_converted_or_refused_by_name() -> None:
