@@ -1,7 +1,8 @@
 """What training and serving share: the architecture and network, cost counting, evaluation
 preprocessing, the artifact format and the serving core (``serving.py``).
 
-Imports: torch, torchvision, numpy, Pillow and safetensors only. Never ``training``,
+Imports: torch, numpy, Pillow and safetensors only (torchvision is a test reference, never
+imported here). Never ``training``,
 ``reporting``, ``service``, ``torchserving``, ``devtools`` or a web framework: TorchServe
 archives ship a copy of this package and nothing else of the project.
 """

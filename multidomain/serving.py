@@ -11,7 +11,7 @@ copy of this package) answer with the same bodies and read the same settings.
   :meth:`ServedArtifact.answer`);
 * the one error body: :func:`error_body`.
 
-Only torch, torchvision, numpy, PIL, safetensors and ``multidomain`` may be imported here.
+Only torch, numpy, PIL, safetensors and ``multidomain`` may be imported here.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Packaged by :func:`torchserving.export.export_mar` into ``<name>.mar`` (as
 ``torchserve_handler.py``) together with the artifact (``weights.safetensors`` +
 ``manifest.json``) and a copy of the ``multidomain`` package, so the worker needs no project
-install: only torch, torchvision, safetensors and Pillow. For the same reason this module imports
+install: only torch, safetensors, numpy and Pillow. For the same reason this module imports
 only ``multidomain`` (its serving core, :mod:`multidomain.serving`, is shared with the FastAPI
 service): nothing from FastAPI, pydantic, ``service`` or the rest of ``torchserving``.
 
