@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from multidomain.arch import ArchitectureError, ArchSpec
+from multidomain.files import sha256_file
 from multidomain.fold import serving_network
 from multidomain.network import ResNet26
 
@@ -59,20 +60,39 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of a manifest without its ``weights_sha256`` field; it is
     stored inside the weights file, so the weights' hash covers the manifest too."""
     body = {k: v for k, v in manifest.items() if k != "weights_sha256"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class DomainTensorName(NamedTuple):
+    """A per-domain tensor of a multi-domain ``ResNet26`` state dict: ``<prefix>.<domain>.<leaf>``
+    with prefix ``heads`` or a BatchNorm set (``blocks.3.bn1``, ``stem.bn``, ...)."""
+
+    prefix: str
+    domain: int
+    leaf: str
+
+    @property
+    def is_head(self) -> bool:
+        return self.prefix == "heads"
+
+    def for_domain(self, domain: int) -> str:
+        """The same tensor's name in another domain's BN set or head."""
+        return f"{self.prefix}.{domain}.{self.leaf}"
+
+
+def domain_tensor_name(name: str) -> DomainTensorName | None:
+    """The BatchNorm or head tensor ``name`` of a multi-domain ``ResNet26`` state dict taken
+    apart; ``None`` for a tensor every domain shares (a convolution)."""
+    match = _BN_SET.match(name) or _HEAD.match(name)
+    if match is None:
+        return None
+    prefix = match["prefix"] if match.re is _BN_SET else "heads"
+    return DomainTensorName(prefix, int(match["set"]), match["leaf"])
 
 
 def split_state_dict(
@@ -85,15 +105,12 @@ def split_state_dict(
     for name, tensor in state.items():
         if name.endswith("num_batches_tracked"):
             continue
-        bn = _BN_SET.match(name)
-        head = _HEAD.match(name)
-        if bn:
-            key = f"{bn['prefix']}.{bn['leaf']}"
-            per_domain.setdefault(int(bn["set"]), {})[key] = tensor
-        elif head:
-            per_domain.setdefault(int(head["set"]), {})[f"head.{head['leaf']}"] = tensor
-        else:
+        parsed = domain_tensor_name(name)
+        if parsed is None:
             shared[name] = tensor
+        else:
+            key = f"head.{parsed.leaf}" if parsed.is_head else f"{parsed.prefix}.{parsed.leaf}"
+            per_domain.setdefault(parsed.domain, {})[key] = tensor
     return shared, [per_domain[k] for k in sorted(per_domain)]
 
 
