@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from multidomain.arch import ArchSpec
-from training.budget import BudgetConfig, export_artifact, train_budget_aware
+from training.budget import BudgetConfig, train_budget_aware
 from training.data import build_embedded_benchmark
+from training.export import export_artifact
 from training.pretrain import PretrainConfig, pretrain_backbone
 from training.sharing import SHARING_VARIANTS
 
