@@ -305,7 +305,7 @@ def report(
 
     Exits 1 (after writing the report) if a domain exceeds its budget."""
     with clean_errors():
-        from training.report import build_report
+        from reporting.build import build_report
 
         result = build_report(inputs, out, max_channel_plots)
     plots = result["plots"]
