@@ -18,6 +18,8 @@ import typer
 if TYPE_CHECKING:
     from training.budget import BudgetConfig
 
+__all__ = ["app", "clean_errors", "main"]
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,

@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -35,15 +35,31 @@ from torch import Tensor, nn
 from multidomain.arch import ArchitectureError, ArchSpec
 from multidomain.files import sha256_file
 from multidomain.fold import serving_network
-from multidomain.network import ResNet26
+from multidomain.network import ResNet26, domain_tensor_name
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "WEIGHTS_FILE",
+    "Artifact",
+    "ArtifactError",
+    "DomainEntry",
+    "check_name",
+    "load_artifact",
+    "manifest_digest",
+    "resolve_artifact",
+    "sha256_file",
+    "split_state_dict",
+    "subnet_state_dict",
+    "write_artifact",
+]
 
 FORMAT_NAME = "multidomain-pruning-artifact"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_BN_SET = re.compile(r"^(?P<prefix>.*\.bn[12]?)\.(?P<set>\d+)\.(?P<leaf>[a-z_]+)$")
-_HEAD = re.compile(r"^heads\.(?P<set>\d+)\.(?P<leaf>weight|bias)$")
 _BN_LEAVES = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -66,33 +82,6 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
     body = {k: v for k, v in manifest.items() if k != "weights_sha256"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-class DomainTensorName(NamedTuple):
-    """A per-domain tensor of a multi-domain ``ResNet26`` state dict: ``<prefix>.<domain>.<leaf>``
-    with prefix ``heads`` or a BatchNorm set (``blocks.3.bn1``, ``stem.bn``, ...)."""
-
-    prefix: str
-    domain: int
-    leaf: str
-
-    @property
-    def is_head(self) -> bool:
-        return self.prefix == "heads"
-
-    def for_domain(self, domain: int) -> str:
-        """The same tensor's name in another domain's BN set or head."""
-        return f"{self.prefix}.{domain}.{self.leaf}"
-
-
-def domain_tensor_name(name: str) -> DomainTensorName | None:
-    """The BatchNorm or head tensor ``name`` of a multi-domain ``ResNet26`` state dict taken
-    apart; ``None`` for a tensor every domain shares (a convolution)."""
-    match = _BN_SET.match(name) or _HEAD.match(name)
-    if match is None:
-        return None
-    prefix = match["prefix"] if match.re is _BN_SET else "heads"
-    return DomainTensorName(prefix, int(match["set"]), match["leaf"])
 
 
 def split_state_dict(

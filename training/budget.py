@@ -23,9 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from multidomain.arch import ArchitectureError, ArchSpec
-from multidomain.artifact import domain_tensor_name
 from multidomain.costs import CostMetric, LinearCost, linear_cost
-from multidomain.network import ChannelSwitches, ResNet26
+from multidomain.network import ChannelSwitches, ResNet26, domain_tensor_name
 from training.common import recalibrate_batchnorm, seed_everything
 from training.data import DomainData, DomainFeeder
 from training.errors import RunError

@@ -18,10 +18,9 @@ import torch
 from safetensors.torch import load_file
 
 from multidomain.arch import ArchSpec
-from multidomain.artifact import domain_tensor_name
 from multidomain.costs import backbone_totals
 from multidomain.files import read_json, write_json
-from multidomain.network import ResNet26
+from multidomain.network import ResNet26, domain_tensor_name
 from multidomain.stats import mean
 from training.checkpoint import remove_checkpoint, resume_checkpoint, write_checkpoint
 from training.common import console, evaluate, seed_everything, write_tensors

@@ -7,12 +7,10 @@ from safetensors.torch import load_file, save_file
 
 from multidomain.artifact import (
     ArtifactError,
-    domain_tensor_name,
     load_artifact,
     manifest_digest,
     resolve_artifact,
     sha256_file,
-    split_state_dict,
 )
 from multidomain.preprocess import normalize_batch
 from tests.artifacts import TINY_DOMAINS, make_tiny_model, write_tiny_artifact
@@ -105,25 +103,3 @@ def test_existing_artifact_is_not_overwritten(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="already exists"):
         write_tiny_artifact(tmp_path)
     assert not [p for p in (tmp_path / "tiny").iterdir() if p.name.startswith(".")]
-
-
-def test_domain_tensor_names_tell_bn_sets_and_heads_from_shared_tensors() -> None:
-    model, _ = make_tiny_model()
-    names = list(model.state_dict())
-    per_domain = {n: domain_tensor_name(n) for n in names}
-    shared = [n for n, parsed in per_domain.items() if parsed is None]
-    assert shared and all(".conv" in n for n in shared)
-    assert domain_tensor_name("blocks.3.bn1.2.running_var") == ("blocks.3.bn1", 2, "running_var")
-    assert domain_tensor_name("blocks.3.shortcut.bn.0.weight") == (
-        "blocks.3.shortcut.bn",
-        0,
-        "weight",
-    )
-    head = domain_tensor_name("heads.1.bias")
-    assert head is not None and head.is_head and head.for_domain(0) == "heads.0.bias"
-    for name, parsed in per_domain.items():
-        if parsed is not None:  # every per-domain tensor exists for every domain
-            assert all(parsed.for_domain(k) in names for k in range(model.num_domains)), name
-    shared_split, domains = split_state_dict(model.state_dict())
-    assert sorted(shared_split) == sorted(shared)
-    assert len(domains) == model.num_domains
