@@ -44,7 +44,7 @@ test-integration: setup system-deps
 lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy multidomain service torchserving devtools training mdprune
+	$(BIN)/mypy multidomain service torchserving devtools training reporting mdprune
 
 format: setup
 	$(BIN)/ruff format .

@@ -1,4 +1,5 @@
-"""Command-line entry point (``mdprune``): dispatches to the offline (``training``) and online
-(``service``, ``torchserving``) parts. Imports them lazily, inside the command that needs them,
-so that importing ``mdprune`` loads none of them (nor torch).
+"""Command-line entry point on top of every package: dispatches to the offline part
+(``training``, ``reporting``) and the online part (``service``, ``torchserving``), importing each
+lazily, inside the command that needs it, so that importing ``mdprune`` loads none of them (nor
+torch).
 """

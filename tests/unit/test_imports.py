@@ -20,8 +20,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "multidomain": ("training", "service", "torchserving", "reporting", "devtools", *WEB),
     "service": ("training", "reporting", "torchserving", "devtools", "psutil"),
     "torchserving": ("service", "training", "reporting", "devtools", "psutil", *WEB),
-    "training": ("service", "torchserving", "devtools", *WEB),
-    "reporting": ("torch", "training", "service", "torchserving"),
+    "training": ("service", "torchserving", "reporting", "devtools", "mdprune", *WEB),
+    "reporting": ("torch", "training", "service", "torchserving", "devtools", "mdprune", *WEB),
     "devtools": ("training", "service", "torchserving", "reporting"),
     # the console script imports each part lazily, inside the command that needs it
     "mdprune": ("training", "service", "torchserving", "reporting", "torch"),
