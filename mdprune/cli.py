@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -120,9 +120,40 @@ def pretrain(
         pretrain_backbone(list(loaded.values()), arch, config, run_dir, init_from)
 
 
-BudgetOpt = Annotated[float, typer.Option(help="Budget beta in (0, 1]: each domain's cost cap.")]
+BudgetOpt = Annotated[
+    list[str],
+    typer.Option(
+        help="Budget in (0, 1]: each domain's cost cap. Repeatable: a number sets every "
+        "domain's, '<domain>=<number>' one domain's (--budget 0.5 --budget digits=0.3).",
+    ),
+]
 MetricOpt = Annotated[
-    str, typer.Option(help="What the budget caps: params, macs, or both (default).")
+    str,
+    typer.Option(
+        help="What the budget caps: params, macs, both (default), or latency (the time a "
+        "--latency-table predicts)."
+    ),
+]
+GroupOpt = Annotated[
+    str,
+    typer.Option(
+        help="Channels switched and pruned together: auto (the CPU's fp32 SIMD width: 16 on "
+        "AVX-512, 8 on AVX2, else 4), 1, 4, 8 or 16. Must divide every block's width."
+    ),
+]
+LatencyTableOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Latency table from 'mdprune profile': needed by --budget-metric latency; with "
+        "another metric it only adds predicted times to the manifest."
+    ),
+]
+LatencyBatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Batch size whose predicted time the latency budget caps (default: the "
+        "table's largest)."
+    ),
 ]
 SharingOpt = Annotated[
     str, typer.Option(help="Parameter-sharing loss: none, union, intersection or jaccard.")
@@ -138,26 +169,150 @@ NameOpt = Annotated[str, typer.Option(help="Model name in the store.")]
 VersionOpt = Annotated[str | None, typer.Option(help="Version folder (default: UTC timestamp).")]
 
 
+def _parse_budgets(values: list[str]) -> tuple[float, tuple[tuple[str, float], ...]]:
+    """``--budget`` values: one plain number (every domain's), any ``<domain>=<number>``."""
+    default: float | None = None
+    per_domain: list[tuple[str, float]] = []
+    for value in values or ["0.5"]:
+        name, eq, number = value.partition("=")
+        try:
+            budget = float(number if eq else value)
+        except ValueError:
+            raise ValueError(
+                f"--budget: expected a number or <domain>=<number>, got {value!r}"
+            ) from None
+        if eq:
+            per_domain.append((name.strip(), budget))
+        elif default is not None:
+            raise ValueError(f"--budget: two budgets for every domain ({default:g}, {budget:g})")
+        else:
+            default = budget
+    return (0.5 if default is None else default), tuple(per_domain)
+
+
 def _budget_config(
-    budget: float,
+    budgets: list[str],
     metric: str,
     sharing: str,
     sharing_weight: float,
     steps: int,
     seed: int,
     learnable_sharing_weight: bool = False,
+    channel_group: str = "auto",
+    latency_table: Path | None = None,
+    latency_batch: int | None = None,
 ) -> BudgetConfig:
+    from multidomain.groups import resolve_channel_group
     from training.budget import BudgetConfig
 
+    budget, per_domain = _parse_budgets(budgets)
     return BudgetConfig(
         budget=budget,
+        domain_budgets=per_domain,
         budget_metric=metric,  # type: ignore[arg-type]
+        channel_group=resolve_channel_group(channel_group),
+        latency_table=latency_table,
+        latency_batch=latency_batch,
         sharing=sharing,  # type: ignore[arg-type]
         sharing_weight=sharing_weight,
         learnable_sharing_weight=learnable_sharing_weight,
         steps=steps,
         seed=seed,
     )
+
+
+def _check_budget(
+    arch_record: dict[str, Any],
+    config: BudgetConfig,
+    domains: list[str],
+    profile_to: Path | None = None,
+) -> None:
+    """Everything about the budget that needs no data: every domain named in --budget is
+    trained, the group divides every width, the latency table fits (profiled first into
+    ``profile_to`` if given), no budget is below the floor."""
+    from multidomain.arch import ArchSpec
+    from multidomain.groups import check_channel_group
+    from training.budget import budget_costs
+    from training.data import domain_names
+
+    arch = ArchSpec.from_dict(arch_record)
+    config.check_domains(domain_names(domains))
+    if profile_to is not None:
+        check_channel_group(arch, config.group)
+        _profile(arch, config.group, (1, 32), None, 30, profile_to)
+    budget_costs(arch, config)
+
+
+def _profile(
+    arch: Any,
+    group: int,
+    batch_sizes: Sequence[int],
+    threads: int | None,
+    repeats: int,
+    out: Path,
+) -> None:
+    """Measure a latency table (``multidomain.latency.profile_latency``) with a progress bar
+    and write it to ``out``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from multidomain.latency import profile_latency
+    from multidomain.serving import ServingSettings
+
+    threads = ServingSettings.load(None).torch_threads if threads is None else threads
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeRemainingColumn(), transient=True) as progress:
+        task = progress.add_task(f"profiling (groups of {group}, {threads} threads)")
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        table = profile_latency(arch, group, batch_sizes, threads, repeats, advance)
+    table.save(out)
+    sizes = ", ".join(
+        f"batch {b}: backbone {table.backbone_ms[b]:.3f} ms, fixed part {table.fixed_ms(b):.3f} ms"
+        for b in table.batch_sizes
+    )
+    typer.echo(f"wrote {out} ({table.cpu_capability}, {threads} threads; {sizes})", err=True)
+
+
+BatchSizesOpt = Annotated[list[int], typer.Option(help="Batch sizes to measure, repeatable.")]
+
+
+@app.command()
+def profile(
+    backbone: Annotated[
+        Path | None,
+        typer.Option(help="Take the architecture from this backbone run (else the options)."),
+    ] = None,
+    width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.5,
+    image_size: SizeOpt = 32,
+    channel_group: GroupOpt = "auto",
+    batch_size: BatchSizesOpt = [1, 32],  # noqa: B006
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads (default: MDP_TORCH_THREADS, else 1).")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Alternating repeats (median).")] = 30,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The latency table (JSON).")] = Path(
+        "runs/latency_table.json"
+    ),
+) -> None:
+    """Measure the latency table of the served network on this machine: every block's time for
+    every number of kept channel groups (for --budget-metric latency)."""
+    with clean_errors():
+        from multidomain.arch import ArchSpec
+        from multidomain.groups import check_channel_group, resolve_channel_group
+
+        if backbone is not None:
+            from training.pretrain import load_backbone
+
+            arch = ArchSpec.from_dict(load_backbone(backbone)[0]["arch"])
+        else:
+            arch = ArchSpec(width_mult=width_mult, image_size=image_size)
+        group = resolve_channel_group(channel_group)
+        check_channel_group(arch, group)
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        _profile(arch, group, batch_size, threads, repeats, out)
 
 
 def _check_target(model_store: Path, model_name: str, version: str | None) -> None:
@@ -189,8 +344,11 @@ def train(
         "runs/backbone"
     ),
     domains: DomainsOpt = ["embedded"],  # noqa: B006
-    budget: BudgetOpt = 0.5,
+    budget: BudgetOpt = ["0.5"],  # noqa: B006
     budget_metric: MetricOpt = "both",
+    channel_group: GroupOpt = "auto",
+    latency_table: LatencyTableOpt = None,
+    latency_batch: LatencyBatchOpt = None,
     sharing: SharingOpt = "union",
     sharing_weight: SharingWeightOpt = 5.0,
     learnable_sharing_weight: LearnableOpt = False,
@@ -206,10 +364,20 @@ def train(
         from training.pretrain import load_backbone
 
         config = _budget_config(
-            budget, budget_metric, sharing, sharing_weight, steps, seed, learnable_sharing_weight
+            budget,
+            budget_metric,
+            sharing,
+            sharing_weight,
+            steps,
+            seed,
+            learnable_sharing_weight,
+            channel_group,
+            latency_table,
+            latency_batch,
         )
         _check_target(model_store, model_name, version)
         record, _ = load_backbone(backbone)
+        _check_budget(record["arch"], config, domains)
         loaded = _load(domains, cache_dir, int(record["arch"]["image_size"]), seed)
         _train_and_export(loaded, backbone, config, model_store, model_name, version)
 
@@ -217,8 +385,11 @@ def train(
 @app.command()
 def pipeline(
     domains: DomainsOpt = ["embedded"],  # noqa: B006
-    budget: BudgetOpt = 0.5,
+    budget: BudgetOpt = ["0.5"],  # noqa: B006
     budget_metric: MetricOpt = "both",
+    channel_group: GroupOpt = "auto",
+    latency_table: LatencyTableOpt = None,
+    latency_batch: LatencyBatchOpt = None,
     sharing: SharingOpt = "union",
     sharing_weight: SharingWeightOpt = 5.0,
     steps: TrainStepsOpt = 300,
@@ -239,9 +410,23 @@ def pipeline(
         from multidomain.arch import ArchSpec
         from training.pretrain import PretrainConfig, pretrain_backbone
 
-        config = _budget_config(budget, budget_metric, sharing, sharing_weight, steps, seed)
-        _check_target(model_store, model_name, version)
         arch = ArchSpec(width_mult=width_mult, image_size=image_size)
+        profile_to = None
+        if budget_metric == "latency" and latency_table is None:
+            profile_to = latency_table = run_dir / "latency_table.json"
+        config = _budget_config(
+            budget,
+            budget_metric,
+            sharing,
+            sharing_weight,
+            steps,
+            seed,
+            channel_group=channel_group,
+            latency_table=latency_table,
+            latency_batch=latency_batch,
+        )
+        _check_target(model_store, model_name, version)
+        _check_budget(arch.to_dict(), config, domains, profile_to)
         loaded = _load(domains, cache_dir, image_size, seed)
         pretrain_backbone(
             list(loaded.values()), arch, PretrainConfig(steps=pretrain_steps, seed=seed), run_dir

@@ -11,17 +11,12 @@ from training.data.domain import DataError, DomainData
 from training.data.embedded import EMBEDDED_DOMAINS, build_embedded
 from training.data.imagefolder import load_imagefolder_domain
 
-__all__ = ["load_domains"]
+__all__ = ["domain_names", "load_domains"]
 
 
-def load_domains(
-    spec: Sequence[str], cache_dir: Path, image_size: int, seed: int
-) -> dict[str, DomainData]:
-    """Load domains from spec items, in order.
-
-    Items: ``embedded`` (all embedded domains), ``embedded:<name>``,
-    ``imagefolder:<name>=<path>`` or ``decathlon:<name>=<path>``.
-    """
+def _plan(spec: Sequence[str]) -> list[tuple[str, str, Path | None]]:
+    """``(format, name, path)`` of every spec item, in order; bad items and repeated names are
+    refused."""
     if not spec:
         raise DataError("no domains given")
     plan: list[tuple[str, str, Path | None]] = []
@@ -45,6 +40,23 @@ def load_domains(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise DataError(f"domain names given more than once: {', '.join(duplicates)}")
+    return plan
+
+
+def domain_names(spec: Sequence[str]) -> list[str]:
+    """The names of the domains ``spec`` would load, without loading anything."""
+    return [name for _, name, _ in _plan(spec)]
+
+
+def load_domains(
+    spec: Sequence[str], cache_dir: Path, image_size: int, seed: int
+) -> dict[str, DomainData]:
+    """Load domains from spec items, in order.
+
+    Items: ``embedded`` (all embedded domains), ``embedded:<name>``,
+    ``imagefolder:<name>=<path>`` or ``decathlon:<name>=<path>``.
+    """
+    plan = _plan(spec)
     embedded = build_embedded(
         Path(cache_dir), image_size, seed, [n for k, n, _ in plan if k == "embedded"]
     )
