@@ -458,14 +458,19 @@ def verify(path: Annotated[Path, typer.Argument(help="Artifact folder.")]) -> No
         from multidomain.artifact import load_artifact
 
         artifact = load_artifact(path)
-        typer.echo(f"{artifact.name} {artifact.version}: OK")
+        group = artifact.manifest.get("channel_group", 1)
+        typer.echo(f"{artifact.name} {artifact.version}: OK (channel group {group})")
         for entry in artifact.domains:
             info = entry.info
+            measured = (info.get("latency") or {}).get("measured_fraction") or {}
+            timed = "".join(f", time {v:.3f} at batch {b}" for b, v in measured.items())
             typer.echo(
                 f"  {entry.name}: {entry.num_classes} classes, "
                 f"mid channels {sum(entry.mid_channels)}"
+                f", budget {info.get('budget', artifact.manifest.get('budget', float('nan')))}"
                 f", params fraction {info.get('params_fraction', float('nan')):.3f}"
                 f", MACs fraction {info.get('macs_fraction', float('nan')):.3f}"
+                f"{timed}"
                 f", test accuracy {info.get('test_accuracy', float('nan')):.4f}"
             )
 

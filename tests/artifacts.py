@@ -79,6 +79,8 @@ def write_tiny_artifact(
                 "test_accuracy": 0.5,
             }
         )
+    domains[1]["budget"] = 0.4  # "colours" has its own budget
+    domains[1]["latency"] = {"measured_fraction": {"1": 0.7, "32": 0.45}}
     manifest = {
         "model_name": model_name,
         "version": version,
