@@ -98,7 +98,7 @@ def pretrain(
     run_dir: Annotated[Path, typer.Option(help="Where the backbone and checkpoints go.")] = Path(
         "runs/backbone"
     ),
-    width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.25,
+    width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.5,
     steps: Annotated[int, typer.Option(help="Optimizer steps (one batch per domain each).")] = 600,
     batch_size: Annotated[int, typer.Option(help="Images per domain per step.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak SGD learning rate (cosine decay).")] = 0.05,
@@ -394,7 +394,7 @@ def pipeline(
     sharing_weight: SharingWeightOpt = 5.0,
     steps: TrainStepsOpt = 300,
     pretrain_steps: Annotated[int, typer.Option(help="Backbone pre-training steps.")] = 600,
-    width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.25,
+    width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.5,
     run_dir: Annotated[Path, typer.Option(help="Backbone run directory.")] = Path("runs/backbone"),
     model_store: StoreOpt = Path("model_store"),
     model_name: NameOpt = "default",

@@ -11,7 +11,8 @@ the backbone. Keeping one copy per domain (what the servers did before) holds
 and folds a domain's network when a batch needs it: a gather and a multiply per convolution,
 freed after the batch. ``materialized_domains`` keeps that many most-recently-used domains'
 folded networks (an LRU cache): 0 folds every batch (resident bytes about the artifact's), the
-number of domains keeps them all (the fastest, the most memory). ``docs/operations.md`` has the
+number of domains keeps them all (the fastest, the most memory: one dense copy per domain, the
+shared weights then dropped). ``docs/operations.md`` has the
 measured trade-off.
 """
 
@@ -59,9 +60,14 @@ class CompactBackbone:
         self._lock = threading.Lock()
         for domain in range(self.materialized_domains):
             self.network(domain)
+        if self.folds and self.materialized_domains == len(self.folds):
+            self.shared = {}  # every domain is folded and never evicted: nothing left to fold
 
     def fold(self, domain: int) -> FoldedNetwork:
         """A new folded network of ``domain`` (not cached)."""
+        if not self.shared:
+            with self._lock:
+                return self._cache[domain]  # all domains cached: the shared weights were dropped
         return fold_weights(self.arch, self.shared, self.folds[domain])
 
     def network(self, domain: int) -> FoldedNetwork:

@@ -56,12 +56,11 @@ def test_resident_weights_are_about_the_artifacts(artifact: Artifact) -> None:
     dense = artifact.compact_backbone(ALL_DOMAINS).resident_bytes()
     # the shared convolutions once plus small per-domain vectors and heads
     assert shared_bytes < lean <= 1.1 * artifact_bytes
-    # every domain's folded copy on top: far more than the artifact
+    # every domain's own folded copy (the shared weights then dropped): far more
     per_domain = [
         storage_bytes(artifact.served_network(e.name).tensors()) for e in artifact.domains
     ]
-    assert dense > lean + 0.9 * sum(per_domain)
-    assert dense > 1.5 * artifact_bytes
+    assert dense >= sum(per_domain) > 1.5 * artifact_bytes
 
 
 def test_served_artifact_reports_resident_and_artifact_bytes(artifact: Artifact) -> None:
