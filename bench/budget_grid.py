@@ -74,6 +74,10 @@ def main() -> None:
                     "domain_params_fraction": {
                         d["name"]: d["params_fraction"] for d in manifest["domains"]
                     },
+                    "learned_costs": {d["name"]: d["learned_costs"] for d in manifest["domains"]},
+                    "domain_time_fraction": {
+                        d["name"]: d["latency"]["measured_fraction"] for d in manifest["domains"]
+                    },
                     "max_compact_logit_diff": max(
                         d["max_compact_logit_diff"] for d in manifest["domains"]
                     ),

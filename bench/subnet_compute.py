@@ -15,7 +15,7 @@ latency table used in training, or ``--latency-table``).
 measures that artifact: the figure where compute dominates.
 
     python bench/subnet_compute.py model_store/default/<version> [--threads 1]
-    python bench/subnet_compute.py --paper-scale [--pretrain-steps 60 --steps 60]
+    python bench/subnet_compute.py --paper-scale [--pretrain-steps 40 --steps 40]
 """
 
 from __future__ import annotations
@@ -47,9 +47,14 @@ def train_paper_scale(args: argparse.Namespace) -> Path:
     arch = ArchSpec(width_mult=1.0, image_size=64)
     domains = list(build_embedded_benchmark(args.cache_dir, image_size=64).values())
     run = args.scratch / "backbone-w1.0-s64"
-    pretrain_backbone(domains, arch, PretrainConfig(steps=args.pretrain_steps), run)
+    pretrain = PretrainConfig(steps=args.pretrain_steps, batch_size=args.batch_size)
+    pretrain_backbone(domains, arch, pretrain, run)
     config = BudgetConfig(
-        budget=args.budget, budget_metric=args.budget_metric, steps=args.steps, finetune_steps=10
+        budget=args.budget,
+        budget_metric=args.budget_metric,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        finetune_steps=10,
     )
     trained = train_budget_aware(domains, run, config)
     path, _ = export_artifact(
@@ -71,8 +76,9 @@ def main() -> None:
     parser.add_argument("--repeats-batch-1", type=int, default=300)
     parser.add_argument("--latency-table", type=Path, help="predict with this table instead")
     parser.add_argument("--paper-scale", action="store_true", help="train width 1.0 / 64 px first")
-    parser.add_argument("--pretrain-steps", type=int, default=60)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--pretrain-steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=16, help="images per domain and step")
     parser.add_argument("--budget", type=float, default=0.5)
     parser.add_argument("--budget-metric", default="both")
     parser.add_argument("--scratch", type=Path, default=Path("runs/paper_scale"))

@@ -100,7 +100,8 @@ def test_training_itself_reaches_the_budget(
     domains: list[DomainData], backbone: Path, tmp_path: Path
 ) -> None:
     """The cost learned by training, before the projection touches the masks, is at the
-    budget: the penalty drives it there (with the penalty off it stays near 1)."""
+    budget (at most a few hundredths over, not collapsed far below): the penalty drives it
+    there (with the penalty off it stays near 0.9)."""
     config = BudgetConfig(
         budget=0.5,
         budget_metric="params",
@@ -113,7 +114,7 @@ def test_training_itself_reaches_the_budget(
     )
     trained = train_budget_aware(domains, backbone, config)
     for learned in trained.learned_costs:
-        assert 0.4 <= learned["params"] <= 0.5 + 0.04, trained.learned_costs
+        assert 0.5 - 0.15 <= learned["params"] <= 0.5 + 0.04, trained.learned_costs
     # the projection had little or nothing left to do
     assert sum(trained.projected_channels) <= 2 * GROUP
     _, manifest = export_artifact(trained, tmp_path, "tiny", "v1", FAST_TIMING)
