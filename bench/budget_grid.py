@@ -5,7 +5,9 @@ pruning and export (into a scratch model store), then per-domain and mean test a
 compact params / backbone params (all domains' BN and heads included), each domain's MACs /
 backbone MACs and training wall time. The upper reference fine-tunes the whole backbone on
 each domain alone. Writes ``bench/results/budget_grid.{json,md}`` with the command used; the
-markdown table is the report's (``reporting``).
+markdown table is the report's (``reporting``). Each row also records a copy of its artifact's
+manifest, so ``mdprune report bench/results/budget_grid.json`` draws the same report (channel
+pictures included) on a clone without the scratch folder.
 
     python bench/budget_grid.py [--steps 300] [--budgets 1.0 0.75 0.5 0.25]
 """
@@ -75,9 +77,10 @@ def main() -> None:
                     ),
                     "wall_time_s": manifest["training"]["wall_time_s"],
                     "artifact": str(args.scratch / "grid" / version),
+                    "manifest": manifest,
                 }
             )
-            print(json.dumps(rows[-1]), flush=True)
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "manifest"}), flush=True)
 
     reference = {}
     for data in domains:
