@@ -26,7 +26,8 @@ rounds), p50/p90/p99 latency (median over rounds of each round's percentile), no
 socket errors and timeouts, the peak RSS summed over the server's process tree (psutil) during
 the runs, the ratios to TorchServe, and the throughput over the compute-only limit: images/s of
 batch-32 forward passes of the served subnetwork(s) at the server's total torch threads
-(``bench/subnet_compute.py``'s timing, measured before and after the load, mean taken).
+(``bench/subnet_compute.py``'s timing), measured in this process in every round after the
+servers, so that it drifts with them.
 Writes ``<out>.json`` and ``<out>.md`` (default ``bench/results/serve_compare``) with the exact
 command, machine, versions and settings.
 
@@ -102,7 +103,7 @@ FULL = {
     "python_requests": 1000,
     "python_warmup": 100,
     "images_per_domain": 16,
-    "compute_repeats": 30,
+    "compute_repeats": 10,
 }
 QUICK = {
     "concurrency": [1, 8],
@@ -371,8 +372,8 @@ def forward_times(artifact: Artifact, threads: int, batch: int, repeats: int) ->
 
 
 def compute_limit(measured: Sequence[dict[str, float]], batch: int) -> dict[str, Any]:
-    """Images/s of each domain's forward passes (the mean of the times measured before and
-    after the load) and of the mixed load (every domain in equal shares)."""
+    """Images/s of each domain's forward passes (the mean of the measured times) and of the
+    mixed load (every domain in equal shares)."""
     forward_ms = {name: statistics.mean(m[name] for m in measured) for name in measured[0]}
     return {
         "forward_ms": {name: round(ms, 3) for name, ms in forward_ms.items()},
@@ -472,25 +473,16 @@ def pool_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def add_ratios(rows: list[dict[str, Any]], limits: dict[int, dict[str, Any]], domain: str) -> None:
-    """Each row's throughput and p99 over TorchServe's at the same point, and its throughput
-    over the compute-only limit at its server's total torch threads."""
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each row's throughput and p99 over TorchServe's at the same point."""
     reference = {
         (r["client"], r["load"], r["concurrency"]): r for r in rows if r["server"] == REFERENCE
     }
     for row in rows:
-        if "throughput_rps" not in row:
-            continue
-        limit = limits[row["compute_threads"]]
-        bound = (
-            limit["images_per_s"][domain]
-            if row["load"] == "single"
-            else limit["mixed_images_per_s"]
-        )
-        row["compute_limit_rps"] = bound
-        row["over_compute_limit"] = round(row["throughput_rps"] / bound, 3)
         ref = reference.get((row["client"], row["load"], row["concurrency"]))
-        if row["server"] != REFERENCE and ref is not None and ref.get("throughput_rps"):
+        if row["server"] == REFERENCE or not (ref and ref.get("throughput_rps")):
+            continue
+        if row.get("throughput_rps") is not None:
             row["throughput_vs_torchserve"] = round(
                 row["throughput_rps"] / ref["throughput_rps"], 3
             )
@@ -588,8 +580,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Median forward time of each domain's served network (as bench/subnet_compute.py times "
         "it) at the server's total torch threads (threads x workers), in this process while the "
-        "servers idle, before and after the load (mean taken); mixed: every domain in equal "
-        "shares. The last column of the load tables divides throughput by this limit.",
+        "servers idle, in every round after the servers; here the mean over all rounds, in the "
+        "load tables the mean over that point's rounds (the last column divides throughput by "
+        "it). Mixed: every domain in equal shares.",
         "",
         "| torch threads | " + " | ".join(result["artifact"]["domains"]) + " | mixed |",
         "|---|" + "---|" * (len(result["artifact"]["domains"]) + 1),
@@ -678,7 +671,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--python-requests", type=int, help="Python client: measured answers")
     parser.add_argument("--python-warmup", type=int, help="Python client: unmeasured answers")
     parser.add_argument("--images-per-domain", type=int)
-    parser.add_argument("--compute-repeats", type=int, help="timed forward passes per domain")
+    parser.add_argument(
+        "--compute-repeats", type=int, help="timed forward passes per domain and round"
+    )
     parser.add_argument("--domain", help="domain of the single-domain load (default: the first)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--batch-size", type=int, default=32, help="max batch of every server")
@@ -805,7 +800,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "mixed": make_requests(artifact_path, args.images_per_domain, args.seed),
     }
     compute_threads = sorted({args.threads * args.workers_of[name] for name in args.servers})
-    measured: dict[int, list[dict[str, float]]] = {threads: [] for threads in compute_threads}
+    forward: dict[int, list[dict[str, float]]] = {threads: [] for threads in compute_threads}
     rows: list[dict[str, Any]] = []
     settings: dict[str, dict[str, Any]] = {}
     memory: dict[str, dict[str, Any]] = {}
@@ -820,11 +815,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, peer in peers.items():
             settings[name] = {"workers": peer.workers, **peer.settings}
             memory[name] = {"start": tree_memory(peer.pid, with_pss=True)}
-        print("compute-only limit ...", flush=True)
-        for threads in compute_threads:
-            measured[threads].append(
-                forward_times(artifact, threads, args.batch_size, args.compute_repeats)
-            )
         sent: dict[tuple[str, str], list[Request]] = {}
         scripts: dict[tuple[str, str], Path] = {}
         for name in peers:
@@ -835,6 +825,23 @@ def main(argv: Sequence[str] | None = None) -> None:
                 ]
                 if "wrk" in args.clients:
                     scripts[(name, load)] = write_script(wires, work / f"wrk-{name}-{load}")
+
+        def measure(peer: Peer, client: str, load: str, concurrency: int) -> dict[str, Any]:
+            if not peer.alive:
+                return {"error": "the server had stopped"}
+            result: dict[str, Any]
+            try:
+                if client == "wrk":
+                    result = wrk_round(peer, scripts[(peer.name, load)], concurrency, args)
+                else:
+                    result = python_round(peer, sent[(peer.name, load)], concurrency, args)
+            except Exception as exc:  # reported; the other runs go on
+                result = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+            if not peer.running():
+                peer.alive = False
+                result.setdefault("error", "the server process exited")
+            return result
+
         points = [
             (client, load, concurrency)
             for client in args.clients
@@ -844,47 +851,44 @@ def main(argv: Sequence[str] | None = None) -> None:
         total, step = len(points) * args.rounds * len(peers), 0
         for client, load, concurrency in points:
             rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in peers}
+            point_forward: dict[int, list[dict[str, float]]] = {t: [] for t in compute_threads}
             for round_ in range(args.rounds):
                 for name, peer in peers.items():
                     step += 1
-                    result: dict[str, Any]
-                    if not peer.alive:
-                        result = {"error": "the server had stopped"}
-                    else:
-                        try:
-                            if client == "wrk":
-                                result = wrk_round(peer, scripts[(name, load)], concurrency, args)
-                            else:
-                                result = python_round(peer, sent[(name, load)], concurrency, args)
-                        except Exception as exc:  # reported; the other runs go on
-                            result = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
-                        if not peer.running():
-                            peer.alive = False
-                            result.setdefault("error", "the server process exited")
-                    rounds[name].append(result)
+                    rounds[name].append(measure(peer, client, load, concurrency))
                     label = f"{client} {load} c={concurrency} round {round_ + 1} {name}"
-                    _progress(step, total, label, result)
+                    _progress(step, total, label, rounds[name][-1])
+                for threads in compute_threads:  # the compute-only limit, in the same rotation
+                    times = forward_times(artifact, threads, args.batch_size, args.compute_repeats)
+                    point_forward[threads].append(times)
+                    forward[threads].append(times)
+                    per_domain = ", ".join(f"{n} {ms} ms" for n, ms in times.items())
+                    print(f"  compute-only, {threads} thread(s), batch {args.batch_size}: "
+                          f"{per_domain}", flush=True)  # fmt: skip
             for name, peer in peers.items():
-                rows.append(
-                    {
-                        "client": client,
-                        "load": load,
-                        "concurrency": concurrency,
-                        "server": name,
-                        "workers": peer.workers,
-                        "compute_threads": args.threads * peer.workers,
-                        **pool_rounds(rounds[name]),
-                        "round_details": rounds[name],
-                    }
-                )
+                threads = args.threads * peer.workers
+                limit = compute_limit(point_forward[threads], args.batch_size)
+                bound = limit["mixed_images_per_s"]
+                if load == "single":
+                    bound = limit["images_per_s"][domain]
+                row = {
+                    "client": client,
+                    "load": load,
+                    "concurrency": concurrency,
+                    "server": name,
+                    "workers": peer.workers,
+                    "compute_threads": threads,
+                    **pool_rounds(rounds[name]),
+                    "compute_limit_rps": bound,
+                    "round_details": rounds[name],
+                }
+                if row.get("throughput_rps") is not None:
+                    row["over_compute_limit"] = round(row["throughput_rps"] / bound, 3)
+                rows.append(row)
         for name, peer in peers.items():
             memory[name]["end"] = tree_memory(peer.pid, with_pss=True)
-        for threads in compute_threads:
-            measured[threads].append(
-                forward_times(artifact, threads, args.batch_size, args.compute_repeats)
-            )
-    limits = {threads: compute_limit(m, args.batch_size) for threads, m in measured.items()}
-    add_ratios(rows, limits, domain)
+    limits = {threads: compute_limit(m, args.batch_size) for threads, m in forward.items()}
+    add_ratios(rows)
     for name in memory:
         peaks = [r["rss_peak_mib"] for r in rows if r["server"] == name and "rss_peak_mib" in r]
         memory[name]["peak_rss_mib"] = max(peaks, default=None)
@@ -934,7 +938,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "seed": args.seed,
         },
         "compute_limit": {str(t): limit for t, limit in limits.items()},
-        "forward_ms_before_and_after": {str(t): m for t, m in measured.items()},
+        "forward_ms_per_round": {str(t): m for t, m in forward.items()},
         "memory": memory,
         "rows": rows,
     }
