@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Debian packages the integration tests run for real: prometheus, docker-compose (config check)
+# Debian packages the integration tests run for real: prometheus, docker-compose (config check),
+# Java (TorchServe), wrk (load generator of bench/serve_compare.py)
 system-deps:
-	@command -v prometheus >/dev/null && command -v docker-compose >/dev/null && command -v java >/dev/null || \
-	  (apt-get update -q && apt-get install -y -q prometheus docker-compose default-jre-headless)
+	@command -v prometheus >/dev/null && command -v docker-compose >/dev/null && command -v java >/dev/null && command -v wrk >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q prometheus docker-compose default-jre-headless wrk)
 
 run: setup
 	$(BIN)/mdprune pipeline --port $(PORT)
