@@ -10,6 +10,9 @@ manifest, so ``mdprune report bench/results/budget_grid.json`` draws the same re
 pictures included) on a clone without the scratch folder.
 
     python bench/budget_grid.py [--steps 300] [--budgets 1.0 0.75 0.5 0.25]
+
+(``--pretrain-steps``/``--reference-steps`` of a few steps make a quick smoke run of the
+whole path; its figures mean nothing.)
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--sharing", nargs="+", default=list(SHARING_VARIANTS))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--reference-steps", type=int, default=300)
+    parser.add_argument("--pretrain-steps", type=int, default=PretrainConfig().steps)
     parser.add_argument("--backbone", type=Path, default=Path("runs/backbone"))
     parser.add_argument("--scratch", type=Path, default=Path("runs/grid"))
     parser.add_argument("--cache-dir", type=Path, default=Path("data_cache"))
@@ -49,7 +53,9 @@ def main() -> None:
     args = parser.parse_args()
 
     domains = list(build_embedded_benchmark(args.cache_dir).values())
-    backbone = pretrain_backbone(domains, ArchSpec(), PretrainConfig(), args.backbone)
+    backbone = pretrain_backbone(
+        domains, ArchSpec(), PretrainConfig(steps=args.pretrain_steps), args.backbone
+    )
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     rows = []
     for budget in args.budgets:
