@@ -58,6 +58,7 @@ bench: bench-grid bench-serve
 
 bench-grid: setup
 	$(BIN)/python bench/budget_grid.py
+	$(BIN)/mdprune report bench/results/budget_grid.json --out bench/results/report
 
 bench-serve: setup
 	@test -n "$(ARTIFACT)" || (echo "no artifact in model_store/default: run 'make pipeline' first" && exit 2)

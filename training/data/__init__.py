@@ -19,7 +19,7 @@ from training.data.cache import CACHE_FORMAT_VERSION, benchmark_digest, embedded
 from training.data.decathlon import load_decathlon_domain
 from training.data.domain import SPLITS, DataError, DomainData
 from training.data.embedded import EMBEDDED_DOMAINS, build_embedded_benchmark
-from training.data.factory import load_domains
+from training.data.factory import load_domains, plan_domains
 from training.data.imagefolder import IMAGE_EXTENSIONS, load_imagefolder_domain
 from training.data.summary import print_summary
 
@@ -41,6 +41,7 @@ __all__ = [
     "load_decathlon_domain",
     "load_domains",
     "load_imagefolder_domain",
+    "plan_domains",
     "print_summary",
     "restricted_pickle_load",
     "train_augment",
