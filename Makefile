@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Debian packages the integration tests run for real: prometheus, docker-compose (config check)
+# Debian packages the integration tests run for real: prometheus, docker-compose (config check),
+# Java (TorchServe), wrk (load generator of bench/serve_compare.py)
 system-deps:
-	@command -v prometheus >/dev/null && command -v docker-compose >/dev/null && command -v java >/dev/null || \
-	  (apt-get update -q && apt-get install -y -q prometheus docker-compose default-jre-headless)
+	@command -v prometheus >/dev/null && command -v docker-compose >/dev/null && command -v java >/dev/null && command -v wrk >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q prometheus docker-compose default-jre-headless wrk)
 
 run: setup
 	$(BIN)/mdprune pipeline --port $(PORT)
@@ -61,6 +62,7 @@ bench-paper: setup
 
 bench-grid: setup
 	$(BIN)/python bench/budget_grid.py
+	$(BIN)/mdprune report bench/results/budget_grid.json --out bench/results/report
 
 bench-serve: setup
 	@test -n "$(ARTIFACT)" || (echo "no artifact in model_store/default: run 'make pipeline' first" && exit 2)

@@ -50,12 +50,17 @@ class Target:
     make: Callable[[Request], tuple[str, dict[str, str]]]  # -> (path, headers)
 
 
-def make_requests(artifact_path: Path, per_domain: int, seed: int) -> list[Request]:
-    """``per_domain`` random PNGs of every domain at its input size, in a shuffled order."""
+def make_requests(
+    artifact_path: Path, per_domain: int, seed: int, domains: Sequence[str] | None = None
+) -> list[Request]:
+    """``per_domain`` random PNGs of every domain (or of ``domains``) at its input size, in a
+    shuffled order."""
     artifact = load_artifact(artifact_path)
     rng = np.random.default_rng(seed)
     requests = []
     for entry in artifact.domains:
+        if domains is not None and entry.name not in domains:
+            continue
         side = entry.image_size
         for _ in range(per_domain):
             pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
@@ -125,7 +130,7 @@ def summarise(runs: Sequence[Run]) -> dict[str, Any]:
         own = np.asarray([latency for domain, latency in samples if domain == name]) * 1000
         per_domain[name] = {
             "requests": int(own.size),
-            **{f"p{q}_ms": round(float(np.percentile(own, q)), 2) for q in (50, 95, 99)},
+            **{f"p{q}_ms": round(float(np.percentile(own, q)), 2) for q in (50, 90, 95, 99)},
         }
     return {
         "concurrency": runs[0].concurrency,
@@ -137,6 +142,7 @@ def summarise(runs: Sequence[Run]) -> dict[str, Any]:
         "throughput_rps": round(len(samples) / wall, 2),
         "round_throughputs_rps": [round(len(run.samples) / run.wall_s, 2) for run in runs],
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p90_ms": round(float(np.percentile(ms, 90)), 2),
         "p95_ms": round(float(np.percentile(ms, 95)), 2),
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
         "mean_ms": round(float(ms.mean()), 2),
@@ -145,14 +151,21 @@ def summarise(runs: Sequence[Run]) -> dict[str, Any]:
 
 
 def run_closed_loop(
-    target: Target, requests: Sequence[Request], concurrency: int, total: int, warmup: int
+    target: Target,
+    requests: Sequence[Request],
+    concurrency: int,
+    total: int,
+    warmup: int,
+    timeout_s: float | None = None,
 ) -> Run:
-    """``closed_loop`` on a fresh event loop (uvloop when installed)."""
+    """``closed_loop`` on a fresh event loop (uvloop when installed); ``TimeoutError`` when it
+    has not finished within ``timeout_s``."""
+    run = asyncio.wait_for(closed_loop(target, requests, concurrency, total, warmup), timeout_s)
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(closed_loop(target, requests, concurrency, total, warmup))
-    return uvloop.run(closed_loop(target, requests, concurrency, total, warmup))
+        return asyncio.run(run)
+    return uvloop.run(run)
 
 
 def _serialise(host: str, port: int, target: Target, request: Request) -> bytes:
@@ -203,6 +216,39 @@ def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None
 
 
 @contextlib.contextmanager
+def server_process(
+    name: str,
+    command: Sequence[str],
+    ready_url: str,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    startup_timeout_s: float = 120.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` in a new session, output to ``log_path``, until the block ends: yields the
+    process once ``ready_url`` answers 200; then stops its whole process group (SIGTERM, SIGKILL
+    after a grace period), also on error."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + startup_timeout_s
+            while not _get_ok(ready_url):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not start; see {log_path}")
+                time.sleep(0.25)
+            yield process
+        finally:
+            _stop_group(process)
+
+
+@contextlib.contextmanager
 def fastapi_process(
     artifact_path: Path,
     settings: dict[str, str],
@@ -214,7 +260,7 @@ def fastapi_process(
     process. ``command_prefix`` runs it through a wrapper that execs it (e.g. ``prlimit``);
     ``source_tree`` is the checkout whose code it runs."""
     port = free_port()
-    env = {**os.environ, **settings, "MDP_HOST": "127.0.0.1", "MDP_PORT": str(port)}
+    env = {**settings, "MDP_HOST": "127.0.0.1", "MDP_PORT": str(port)}
     command = [
         *command_prefix,
         sys.executable,
@@ -227,25 +273,11 @@ def fastapi_process(
         "--model-version",
         artifact_path.name,
     ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=source_tree,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while not _get_ok(f"{url}/readyz"):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the FastAPI service did not start; see {log_path}")
-                time.sleep(0.25)
-            yield url, process
-        finally:
-            _stop_group(process)
+    url = f"http://127.0.0.1:{port}"
+    with server_process(
+        "the FastAPI service", command, f"{url}/readyz", log_path, env, source_tree
+    ) as process:
+        yield url, process
 
 
 @contextlib.contextmanager

@@ -22,18 +22,34 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from _results import RESULTS, command, write_results
 
-from multidomain.artifact import load_artifact
+from multidomain.artifact import Artifact, load_artifact
 from multidomain.costs import subnet_totals
 from multidomain.fold import fold_network, fused_kernels
 from multidomain.groups import cpu_capability
-from multidomain.latency import LatencyTable, time_networks
+from multidomain.latency import LatencyTable, time_alternately, time_networks
 from multidomain.network import ResNet26
+from multidomain.serving import ServedArtifact
+
+
+def served_forward_ms(artifact: Artifact, batch: int, repeats: int) -> dict[str, float]:
+    """Median forward time (ms) of every domain's network as the servers run it
+    (``ServedArtifact`` with its default settings) on a batch of ``batch`` uint8 images, the
+    domains timed alternately, at the current torch threads."""
+    served = ServedArtifact.build(artifact)
+    calls = []
+    for entry in artifact.domains:
+        size = (batch, 3, entry.image_size, entry.image_size)
+        pixels = torch.randint(0, 256, size, dtype=torch.uint8)
+        calls.append(partial(served.domains[entry.name].network, pixels))
+    times = time_alternately(calls, repeats)
+    return {entry.name: ms for entry, ms in zip(artifact.domains, times, strict=True)}
 
 
 def train_paper_scale(args: argparse.Namespace) -> Path:

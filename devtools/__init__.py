@@ -1,6 +1,7 @@
 """Tooling for tests and benchmarks, never shipped in an image or archive: a local TorchServe
-run and stopped by process group (``torchserve_local.py``).
+run and stopped by process group (``torchserve_local.py``) and LitServe serving an artifact as a
+benchmark peer (``litserve_peer.py``).
 
-Imports: ``multidomain``, psutil and the standard library; never ``service``, ``training``,
-``torchserving`` or ``reporting``.
+Imports: ``multidomain``, psutil, litserve (with its FastAPI) and the standard library; never
+``service``, ``training``, ``torchserving`` or ``reporting``.
 """

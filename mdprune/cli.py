@@ -8,21 +8,69 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+from multidomain import __version__
 
 if TYPE_CHECKING:
+    from multidomain.arch import ArchSpec
     from training.budget import BudgetConfig
 
 __all__ = ["app", "clean_errors", "main"]
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mdprune {__version__}")
+        raise typer.Exit()
+
+
+def _version_option() -> Any:
+    """The ``--version`` option, built by typer from a one-command app."""
+    probe = typer.Typer(add_completion=False)
+
+    @probe.command()
+    def version(
+        show: Annotated[
+            bool,
+            typer.Option(
+                "--version",
+                callback=_print_version,
+                is_eager=True,
+                expose_value=False,
+                help="Show the version and exit.",
+            ),
+        ] = False,
+    ) -> None: ...
+
+    return next(p for p in typer.main.get_command(probe).params if p.name == "show")
+
+
+class _Commands(TyperGroup):
+    """``mdprune`` and each of its commands, present and future, answer ``--version``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        option = _version_option()
+        for command in [self, *self.commands.values()]:
+            command.params.append(option)
+
+
 app = typer.Typer(
+    cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
+    # click's plain help: full option names at any width (rich's table cuts them at 80 columns)
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Budget-aware pruning for multi-domain learning: train offline, serve online.",
 )
 
@@ -31,6 +79,7 @@ DomainsOpt = Annotated[
     typer.Option(
         "--domains",
         "-d",
+        metavar="SPEC",
         help="Data to use, repeatable: 'embedded' (all embedded domains), 'embedded:<name>', "
         "'imagefolder:<name>=<path>' or 'decathlon:<name>=<path>'.",
     ),
@@ -87,7 +136,9 @@ def data(
     image_size: SizeOpt = 32,
     seed: SeedOpt = 0,
 ) -> None:
-    """Build (or load from cache) the data and print the summary table and digest."""
+    """Build or load the data; print its summary.
+
+    Prints the table of domains and splits and the benchmark digest (sha256)."""
     with clean_errors():
         _load(domains, cache_dir, image_size, seed)
 
@@ -109,13 +160,17 @@ def pretrain(
     image_size: SizeOpt = 32,
     seed: SeedOpt = 0,
 ) -> None:
-    """Pre-train the backbone (the single-domain baseline); resumes from its checkpoint."""
+    """Pre-train the backbone, resuming a checkpoint.
+
+    The backbone is also the single-domain baseline."""
     with clean_errors():
         from multidomain.arch import ArchSpec
-        from training.pretrain import PretrainConfig, pretrain_backbone
+        from training.pretrain import PretrainConfig, backbone_record, pretrain_backbone
 
         arch = ArchSpec(width_mult=width_mult, image_size=image_size)
         config = PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+        if init_from is not None:
+            backbone_record(init_from)
         loaded = _load(domains, cache_dir, image_size, seed)
         pretrain_backbone(list(loaded.values()), arch, config, run_dir, init_from)
 
@@ -166,7 +221,10 @@ LearnableOpt = Annotated[
 TrainStepsOpt = Annotated[int, typer.Option(help="Budget-aware training steps.")]
 StoreOpt = Annotated[Path, typer.Option(help="Model store the artifact is exported into.")]
 NameOpt = Annotated[str, typer.Option(help="Model name in the store.")]
-VersionOpt = Annotated[str | None, typer.Option(help="Version folder (default: UTC timestamp).")]
+VersionOpt = Annotated[
+    str | None,
+    typer.Option("--model-version", help="Version folder (default: UTC timestamp)."),
+]
 
 
 def _parse_budgets(values: list[str]) -> tuple[float, tuple[tuple[str, float], ...]]:
@@ -222,21 +280,16 @@ def _budget_config(
 
 
 def _check_budget(
-    arch_record: dict[str, Any],
-    config: BudgetConfig,
-    domains: list[str],
-    profile_to: Path | None = None,
+    arch: ArchSpec, config: BudgetConfig, domains: list[str], profile_to: Path | None = None
 ) -> None:
     """Everything about the budget that needs no data: every domain named in --budget is
     trained, the group divides every width, the latency table fits (profiled first into
     ``profile_to`` if given), no budget is below the floor."""
-    from multidomain.arch import ArchSpec
     from multidomain.groups import check_channel_group
     from training.budget import budget_costs
-    from training.data import domain_names
+    from training.data import plan_domains
 
-    arch = ArchSpec.from_dict(arch_record)
-    config.check_domains(domain_names(domains))
+    config.check_domains([name for _, name, _ in plan_domains(domains, arch.image_size)])
     if profile_to is not None:
         check_channel_group(arch, config.group)
         _profile(arch, config.group, (1, 32), None, 30, profile_to)
@@ -244,7 +297,7 @@ def _check_budget(
 
 
 def _profile(
-    arch: Any,
+    arch: ArchSpec,
     group: int,
     batch_sizes: Sequence[int],
     threads: int | None,
@@ -296,16 +349,18 @@ def profile(
         "runs/latency_table.json"
     ),
 ) -> None:
-    """Measure the latency table of the served network on this machine: every block's time for
-    every number of kept channel groups (for --budget-metric latency)."""
+    """Measure this machine's latency table.
+
+    Times the served network's every block for every number of kept channel groups, and the
+    whole network, for --budget-metric latency."""
     with clean_errors():
         from multidomain.arch import ArchSpec
         from multidomain.groups import check_channel_group, resolve_channel_group
 
         if backbone is not None:
-            from training.pretrain import load_backbone
+            from training.pretrain import backbone_record
 
-            arch = ArchSpec.from_dict(load_backbone(backbone)[0]["arch"])
+            arch = ArchSpec.from_dict(backbone_record(backbone)["arch"])
         else:
             arch = ArchSpec(width_mult=width_mult, image_size=image_size)
         group = resolve_channel_group(channel_group)
@@ -359,9 +414,13 @@ def train(
     cache_dir: CacheOpt = Path("data_cache"),
     seed: SeedOpt = 0,
 ) -> None:
-    """Budget-aware multi-domain training, pruning and export of the compact artifact."""
+    """Budget-aware training, pruning and export.
+
+    Learns each domain's channel switches over a finished backbone under the budget, removes
+    the channels no domain uses and exports the compact artifact."""
     with clean_errors():
-        from training.pretrain import load_backbone
+        from multidomain.arch import ArchSpec
+        from training.pretrain import backbone_record
 
         config = _budget_config(
             budget,
@@ -376,9 +435,9 @@ def train(
             latency_batch,
         )
         _check_target(model_store, model_name, version)
-        record, _ = load_backbone(backbone)
-        _check_budget(record["arch"], config, domains)
-        loaded = _load(domains, cache_dir, int(record["arch"]["image_size"]), seed)
+        arch = ArchSpec.from_dict(backbone_record(backbone)["arch"])
+        _check_budget(arch, config, domains)
+        loaded = _load(domains, cache_dir, arch.image_size, seed)
         _train_and_export(loaded, backbone, config, model_store, model_name, version)
 
 
@@ -405,7 +464,10 @@ def pipeline(
     image_size: SizeOpt = 32,
     seed: SeedOpt = 0,
 ) -> None:
-    """The main job: data -> backbone -> budget-aware training -> prune -> export -> serve."""
+    """The main job: from the data to a served model.
+
+    data -> backbone -> budget-aware training -> prune -> export -> serve; the curl example
+    is printed once the service is ready."""
     with clean_errors():
         from multidomain.arch import ArchSpec
         from training.pretrain import PretrainConfig, pretrain_backbone
@@ -426,7 +488,7 @@ def pipeline(
             latency_batch=latency_batch,
         )
         _check_target(model_store, model_name, version)
-        _check_budget(arch.to_dict(), config, domains, profile_to)
+        _check_budget(arch, config, domains, profile_to)
         loaded = _load(domains, cache_dir, image_size, seed)
         pretrain_backbone(
             list(loaded.values()), arch, PretrainConfig(steps=pretrain_steps, seed=seed), run_dir
@@ -434,12 +496,37 @@ def pipeline(
         path = _train_and_export(loaded, run_dir, config, model_store, model_name, version)
     if serve:
         sample = _write_sample_image(next(iter(loaded.values())), run_dir)
-        typer.echo(
-            f"serving {path} on http://127.0.0.1:{port} (Ctrl-C stops it); try:\n"
+        url = f"http://127.0.0.1:{port}"
+        typer.echo(f"serving {path} on {url} (Ctrl-C stops it); loading the model")
+        _announce_when_ready(
+            f"{url}/readyz",
+            f"ready on {url}; try:\n"
             f"  curl -s -X POST -H 'Content-Type: image/png' --data-binary @{sample} "
-            f"http://127.0.0.1:{port}/v1/domains/{sample.stem.split('-', 1)[1]}/predict"
+            f"{url}/v1/domains/{sample.stem.split('-', 1)[1]}/predict",
         )
         _serve(["--model-store", str(model_store), "--model-name", model_name, "--port", str(port)])
+
+
+def _announce_when_ready(ready_url: str, message: str, interval_s: float = 0.2) -> threading.Event:
+    """Print ``message`` once ``ready_url`` (the service's ``/readyz``) answers 200, from a
+    daemon thread (it ends with the process if the service never gets ready). Setting the
+    returned event stops the wait."""
+    stop = threading.Event()
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def wait() -> None:
+        while not stop.is_set():
+            try:
+                with opener.open(ready_url, timeout=2) as response:
+                    if response.status == 200:
+                        typer.echo(message)
+                        return
+            except OSError:  # not listening yet, or 503 (HTTPError) while the model loads
+                pass
+            stop.wait(interval_s)
+
+    threading.Thread(target=wait, name="announce-ready", daemon=True).start()
+    return stop
 
 
 def _write_sample_image(domain: Any, folder: Path) -> Path:
@@ -451,13 +538,26 @@ def _write_sample_image(domain: Any, folder: Path) -> Path:
     return target
 
 
-@app.command()
-def verify(path: Annotated[Path, typer.Argument(help="Artifact folder.")]) -> None:
-    """Verify an artifact (schema, hashes, shapes) and print what it holds."""
-    with clean_errors():
-        from multidomain.artifact import load_artifact
+ArtifactArg = Annotated[
+    Path,
+    typer.Argument(
+        metavar="ARTIFACT",
+        show_default=False,
+        help="Artifact folder <store>/<name>/<version>, or <store>/<name> (or "
+        "<store>/<name>/latest) for its newest version.",
+    ),
+]
 
-        artifact = load_artifact(path)
+
+@app.command()
+def verify(path: ArtifactArg) -> None:
+    """Verify an artifact and print what it holds.
+
+    Checks the manifest's schema, the weights' hash and every tensor's shape."""
+    with clean_errors():
+        from multidomain.artifact import find_artifact, load_artifact
+
+        artifact = load_artifact(find_artifact(path))
         group = artifact.manifest.get("channel_group", 1)
         typer.echo(f"{artifact.name} {artifact.version}: OK (channel group {group})")
         for entry in artifact.domains:
@@ -480,6 +580,7 @@ def report(
     inputs: Annotated[
         list[Path],
         typer.Argument(
+            metavar="PATH",
             help="Artifact folders, folders searched for manifest.json (a model store), "
             "or results JSONs of bench/budget_grid.py.",
             show_default=False,
@@ -492,19 +593,37 @@ def report(
         int,
         typer.Option(help="Most channel-usage pictures (beyond it: only runs at budget 0.5)."),
     ] = 6,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a report in --out that shows more of the same runs (by default it is "
+            "kept and the command fails).",
+        ),
+    ] = False,
 ) -> None:
-    """Report runs: report.md + report.json + plots (accuracy, cost, channel usage).
+    """Report runs: tables and plots.
 
-    Exits 1 (after writing the report) if a domain exceeds its budget."""
+    Writes report.md, report.json and plots (accuracy, cost, channel usage).
+
+    Prints a warning for each artifact folder not found and each field not recorded. Exits 1
+    (after writing the report) if a domain exceeds its budget."""
     with clean_errors():
         from reporting.build import build_report
 
-        result = build_report(inputs, out, max_channel_plots)
+        result = build_report(
+            inputs,
+            out,
+            max_channel_plots,
+            replace_fuller=force,
+            warn=lambda line: typer.echo(f"warning: {line}", err=True),
+        )
     plots = result["plots"]
     count = sum(1 for k in ("accuracy_vs_budget", "cost_vs_budget") if plots[k])
+    warned = f", {len(result['warnings'])} warnings (above)" if result["warnings"] else ""
     typer.echo(
         f"wrote {out / 'report.md'} and {out / 'report.json'}: {len(result['rows'])} runs, "
-        f"{count + len(plots['channel_usage'])} plots"
+        f"{count + len(plots['channel_usage'])} plots{warned}"
     )
     over = [
         f"{r['model_name']}/{r['version']}" for r in result["rows"] if r["budget_check"] == "over"
@@ -516,13 +635,7 @@ def report(
 
 @app.command("torchserve-export")
 def torchserve_export(
-    path: Annotated[
-        Path,
-        typer.Argument(
-            help="Artifact folder (model_store/<name>/<version>), or model_store/<name> for "
-            "its newest version."
-        ),
-    ],
+    path: ArtifactArg,
     model_store: Annotated[Path, typer.Option(help="Folder the .mar is written into.")] = Path(
         "model_store"
     ),
@@ -534,13 +647,14 @@ def torchserve_export(
     workers: Annotated[int, typer.Option(help="TorchServe workers (processes).")] = 1,
     torch_threads: Annotated[int, typer.Option(help="torch threads per worker.")] = 1,
 ) -> None:
-    """Package an artifact for TorchServe: <model-store>/<name>.mar (handler, artifact, code)."""
+    """Package an artifact for TorchServe (.mar).
+
+    Writes <model-store>/<name>.mar: the handler, the artifact and the code it needs."""
     with clean_errors():
-        from multidomain.artifact import MANIFEST_FILE, load_artifact, resolve_artifact
+        from multidomain.artifact import find_artifact, load_artifact
         from torchserving.export import TorchServeModelConfig, export_mar
 
-        if not (path / MANIFEST_FILE).is_file() and path.is_dir():
-            path = resolve_artifact(path.parent, path.name)
+        path = find_artifact(path)
 
         config = TorchServeModelConfig(
             batch_size=batch_size,
@@ -559,7 +673,7 @@ def torchserve_export(
 def _serve(argv: list[str]) -> None:
     from service.server import main as serve_main
 
-    serve_main(argv)
+    serve_main(argv, prog="mdprune serve")
 
 
 @app.command(
@@ -567,7 +681,9 @@ def _serve(argv: list[str]) -> None:
     add_help_option=False,
 )
 def serve(ctx: typer.Context) -> None:
-    """Serve an artifact with FastAPI + uvicorn (options: see 'mdprune serve --help')."""
+    """Serve an artifact with FastAPI + uvicorn.
+
+    Options: see 'mdprune serve -h'."""
     _serve(list(ctx.args))
 
 

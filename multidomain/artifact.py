@@ -47,6 +47,7 @@ __all__ = [
     "ArtifactError",
     "DomainEntry",
     "check_name",
+    "find_artifact",
     "load_artifact",
     "manifest_digest",
     "resolve_artifact",
@@ -394,3 +395,28 @@ def resolve_artifact(model_store: Path, model_name: str, version: str = "latest"
     if not candidates:
         raise ArtifactError(f"no artifact versions under {root}")
     return candidates[-1]
+
+
+def find_artifact(path: Path) -> Path:
+    """The artifact a command-line path names, the same for every command: an artifact folder
+    (``<store>/<name>/<version>``, holding ``manifest.json``), ``<store>/<name>/latest`` or a
+    model folder ``<store>/<name>`` (its newest version, as ``resolve_artifact`` chooses it)."""
+    path = Path(path)
+    if (path / MANIFEST_FILE).is_file():
+        return path
+    if path.name == "latest" and not path.exists():
+        return resolve_artifact(path.parent.parent, path.parent.name)
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: no such artifact folder")
+    if not any(path.glob(f"*/{MANIFEST_FILE}")):
+        models = sorted({p.parent.parent.name for p in path.glob(f"*/*/{MANIFEST_FILE}")})
+        if models:
+            raise ArtifactError(
+                f"{path} is a model store: name a model in it, e.g. {path / models[0]}"
+            )
+        raise ArtifactError(
+            f"{path}: no {MANIFEST_FILE} here nor in a version folder beneath it "
+            "(expected <store>/<name> or <store>/<name>/<version>)"
+        )
+    folder = path if path.name not in ("", "..") else path.resolve()  # "." or ".." by name
+    return resolve_artifact(folder.parent, folder.name)

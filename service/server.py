@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from multidomain import __version__
 from multidomain.artifact import ArtifactError, resolve_artifact
 from service.app import create_app
 from service.settings import ServiceSettings, SettingsError, load_settings
@@ -66,9 +67,11 @@ def run(settings: ServiceSettings) -> None:
         sys.exit(STARTUP_FAILURE)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: Sequence[str] | None = None, prog: str = "python -m service"
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m service",
+        prog=prog,
         description="Serve an exported multi-domain model over HTTP. Every option (and more, "
         "see docs/api.md) can also be set with an MDP_* environment variable.",
     )
@@ -78,11 +81,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", help="interface to bind (MDP_HOST)")
     parser.add_argument("--port", type=int, help="TCP port (MDP_PORT)")
     parser.add_argument("--log-level", help="critical, error, warning, info, debug (MDP_LOG_LEVEL)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m service") -> None:
+    args = parse_args(argv, prog)
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     try:
         settings = load_settings(**overrides)

@@ -23,7 +23,7 @@ def test_pipeline_exports_a_verified_artifact_within_budget(tmp_path: Path) -> N
         "--channel-group", "4", "--budget", "0.45", "--budget", "faces=0.4",
         "--cache-dir", str(tmp_path / "cache"),
         "--run-dir", str(tmp_path / "backbone"), "--model-store", str(store),
-        "--version", "v1",
+        "--model-version", "v1",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]

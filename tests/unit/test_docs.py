@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
+import typer
+
+from mdprune.cli import app
+from multidomain.serving import ServingSettings, env_name
 from service.settings import ServiceSettings
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
 
 
 def test_every_service_setting_is_documented_with_its_default() -> None:
@@ -20,3 +26,18 @@ def test_every_service_setting_is_documented_with_its_default() -> None:
         documented = rows[variable]
         assert documented == str(default) or float(documented) == float(default), variable
     assert set(rows) == {f"MDP_{n.upper()}" for n in ServiceSettings.model_fields}
+
+
+def test_every_torchserve_handler_setting_is_documented() -> None:
+    text = (DOCS / "operations.md").read_text()
+    for field in fields(ServingSettings):
+        assert f"`handler.{field.name}`, env `{env_name(field.name)}`" in text, field.name
+
+
+def test_readme_lists_every_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    listed = set(re.findall(r"^mdprune ([a-z-]+)", block, flags=re.MULTILINE))
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    assert listed == set(group.commands)

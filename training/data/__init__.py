@@ -4,8 +4,7 @@
 * ``embedded``: the embedded benchmark's five builders (``_pickle``: restricted unpickling);
 * ``imagefolder``, ``decathlon``: the user formats (``_images``: reading their image files);
 * ``cache``: the on-disk cache and the benchmark digest;
-* ``factory``: ``load_domains``, which parses ``--domains`` items and picks the format
-  (``domain_names``: the names alone, nothing loaded);
+* ``factory``: ``load_domains``, which parses ``--domains`` items and picks the format;
 * ``augment``: ``train_augment``; ``batches``: torch batches for training and evaluation;
 * ``summary``: the table of loaded domains.
 
@@ -20,7 +19,7 @@ from training.data.cache import CACHE_FORMAT_VERSION, benchmark_digest, embedded
 from training.data.decathlon import load_decathlon_domain
 from training.data.domain import SPLITS, DataError, DomainData
 from training.data.embedded import EMBEDDED_DOMAINS, build_embedded_benchmark
-from training.data.factory import domain_names, load_domains
+from training.data.factory import load_domains, plan_domains
 from training.data.imagefolder import IMAGE_EXTENSIONS, load_imagefolder_domain
 from training.data.summary import print_summary
 
@@ -36,13 +35,13 @@ __all__ = [
     "RestrictedUnpickler",
     "benchmark_digest",
     "build_embedded_benchmark",
-    "domain_names",
     "embedded_cache_dir",
     "images_to_tensor",
     "iterate_eval",
     "load_decathlon_domain",
     "load_domains",
     "load_imagefolder_domain",
+    "plan_domains",
     "print_summary",
     "restricted_pickle_load",
     "train_augment",

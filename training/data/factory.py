@@ -11,26 +11,38 @@ from training.data.domain import DataError, DomainData
 from training.data.embedded import EMBEDDED_DOMAINS, build_embedded
 from training.data.imagefolder import load_imagefolder_domain
 
-__all__ = ["domain_names", "load_domains"]
+__all__ = ["DomainPlan", "load_domains", "plan_domains"]
 
 
-def _plan(spec: Sequence[str]) -> list[tuple[str, str, Path | None]]:
-    """``(format, name, path)`` of every spec item, in order; bad items and repeated names are
-    refused."""
+DomainPlan = list[tuple[str, str, Path | None]]
+
+
+def plan_domains(spec: Sequence[str], image_size: int) -> DomainPlan:
+    """Check ``--domains`` items without loading anything: their syntax, unique names, known
+    embedded names, existing user paths and the image size. Returns ``(kind, name, path)``."""
     if not spec:
         raise DataError("no domains given")
-    plan: list[tuple[str, str, Path | None]] = []
+    if image_size < 8:
+        raise DataError(f"image_size must be >= 8, got {image_size}")
+    plan: DomainPlan = []
     for item in spec:
         kind, _, rest = item.strip().partition(":")
         if kind == "embedded" and not rest:
             plan.extend(("embedded", n, None) for n in EMBEDDED_DOMAINS)
         elif kind == "embedded":
+            if rest not in EMBEDDED_DOMAINS:
+                raise DataError(
+                    f"unknown embedded domain {rest!r}; known: {', '.join(EMBEDDED_DOMAINS)}"
+                )
             plan.append(("embedded", rest, None))
         elif kind in ("imagefolder", "decathlon"):
             name, eq, location = rest.partition("=")
             if not eq or not name or not location:
                 raise DataError(f"bad domain spec {item!r}: expected {kind}:<name>=<path>")
-            plan.append((kind, name, Path(location).expanduser()))
+            path = Path(location).expanduser()
+            if not path.exists():
+                raise DataError(f"{kind} domain {name!r}: {path} does not exist")
+            plan.append((kind, name, path))
         else:
             raise DataError(
                 f"bad domain spec {item!r}: expected embedded, embedded:<name>, "
@@ -43,20 +55,15 @@ def _plan(spec: Sequence[str]) -> list[tuple[str, str, Path | None]]:
     return plan
 
 
-def domain_names(spec: Sequence[str]) -> list[str]:
-    """The names of the domains ``spec`` would load, without loading anything."""
-    return [name for _, name, _ in _plan(spec)]
-
-
 def load_domains(
     spec: Sequence[str], cache_dir: Path, image_size: int, seed: int
 ) -> dict[str, DomainData]:
-    """Load domains from spec items, in order.
+    """Load domains from spec items, in order, after checking them all (``plan_domains``).
 
     Items: ``embedded`` (all embedded domains), ``embedded:<name>``,
     ``imagefolder:<name>=<path>`` or ``decathlon:<name>=<path>``.
     """
-    plan = _plan(spec)
+    plan = plan_domains(spec, image_size)
     embedded = build_embedded(
         Path(cache_dir), image_size, seed, [n for k, n, _ in plan if k == "embedded"]
     )
