@@ -326,6 +326,12 @@ def _profile(
         for b in table.batch_sizes
     )
     typer.echo(f"wrote {out} ({table.cpu_capability}, {threads} threads; {sizes})", err=True)
+    if any(table.fixed_ms(b) < 0 for b in table.batch_sizes):
+        typer.echo(
+            "warning: the blocks timed alone took longer than the whole network (was the machine "
+            "busy?); the predictions are unreliable: profile again on an idle machine",
+            err=True,
+        )
 
 
 BatchSizesOpt = Annotated[list[int], typer.Option(help="Batch sizes to measure, repeatable.")]
