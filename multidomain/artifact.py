@@ -180,13 +180,38 @@ class Artifact:
         return serving_network(self.subnet(name), entry.mean, entry.std)
 
 
+def current_umask() -> int:
+    """The process umask, read from /proc where it exists (``os.umask`` changes it for a moment,
+    for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask_mode(path: Path) -> None:
+    """Give a file or folder the mode a plain ``open`` or ``mkdir`` would have given it: 0666 or
+    0777 less the umask (0644 / 0755 under umask 022). ``tempfile`` creates 0600 files and 0700
+    folders, and safetensors writes 0600 files: published as they are, a reader running as
+    another user (a service beside the trainer) could not open them."""
+    full = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, full & ~current_umask())
+
+
 def write_artifact(
     out_dir: Path,
     manifest: dict[str, Any],
     shared: Mapping[str, Tensor],
     domain_tensors: Sequence[Mapping[str, Tensor]],
 ) -> Path:
-    """Write atomically: a temporary folder beside ``out_dir`` renamed into place at the end."""
+    """Write atomically: a temporary folder beside ``out_dir`` renamed into place at the end,
+    with the modes the umask gives (readable by other users under umask 022)."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ArtifactError(f"artifact folder already exists: {out_dir}")
@@ -205,6 +230,8 @@ def write_artifact(
         full = {**body, "weights_sha256": sha256_file(tmp / WEIGHTS_FILE)}
         (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
         load_artifact(tmp)  # refuse to publish anything that does not load back
+        for path in (tmp / WEIGHTS_FILE, tmp / MANIFEST_FILE, tmp):
+            apply_umask_mode(path)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
