@@ -190,6 +190,14 @@ def pipeline(
     cache_dir: CacheOpt = Path("data_cache"),
     image_size: SizeOpt = 32,
     seed: SeedOpt = 0,
+    if_missing: Annotated[
+        bool,
+        typer.Option(
+            "--if-missing",
+            help="Train only when the store holds no complete, verified version of the model "
+            "(of --version, if given); otherwise keep the newest one.",
+        ),
+    ] = False,
 ) -> None:
     """The main job: data -> backbone -> budget-aware training -> prune -> export -> serve."""
     with clean_errors():
@@ -205,6 +213,13 @@ def pipeline(
             steps=steps,
             seed=seed,
         )
+        existing = _verified_version(model_store, model_name, version) if if_missing else None
+        if existing is not None:
+            typer.echo(f"{existing} exists and verifies: not training (--if-missing)")
+            if serve:
+                _serve(["--model-store", str(model_store), "--model-name", model_name,
+                        "--model-version", existing.name, "--port", str(port)])  # fmt: skip
+            return
         artifact_target(model_store, model_name, version)  # fail before training, not after
         arch = ArchSpec(width_mult=width_mult, image_size=image_size)
         loaded = _load(domains, cache_dir, image_size, seed)
@@ -220,6 +235,22 @@ def pipeline(
             f"http://127.0.0.1:{port}/v1/domains/{sample.stem.split('-', 1)[1]}/predict"
         )
         _serve(["--model-store", str(model_store), "--model-name", model_name, "--port", str(port)])
+
+
+def _verified_version(model_store: Path, model_name: str, version: str | None) -> Path | None:
+    """The newest complete version (or ``version``) if it loads and verifies, else None."""
+    from multidomain.artifact import ArtifactError, load_artifact, resolve_artifact
+
+    try:
+        path = resolve_artifact(model_store, model_name, version or "latest")
+    except ArtifactError:
+        return None
+    try:
+        load_artifact(path)
+    except ArtifactError as exc:
+        typer.echo(f"warning: {path} does not verify ({exc}); training a new version", err=True)
+        return None
+    return path
 
 
 def _write_sample_image(domain: Any, folder: Path) -> Path:
