@@ -220,7 +220,13 @@ def build_image(
             check=False,
         )
     if done.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(command)} failed:\n" + log.read_text(errors="replace")[-4000:]
-        )
+        text = log.read_text(errors="replace")
+        hint = ""
+        if "No module named 'torchvision'" in text and build_args.get("TORCHVISION_VERSION") == "":
+            hint = (
+                "\nThe image is built without torchvision (there is no CPU build of it beside the "
+                "local CPU torch wheel, and PyPI's fails to import next to it): the code the image "
+                "imports must not need torchvision at run time."
+            )
+        raise RuntimeError(f"{' '.join(command)} failed:\n{text[-4000:]}{hint}")
     return time.monotonic() - start
