@@ -206,7 +206,7 @@ def build_image(
     dockerfile: str, tag: str, build_args: dict[str, str], log: Path, timeout: float = 1800
 ) -> float:
     """``docker build`` with the classic builder on the host network; returns the seconds taken."""
-    command = ["docker", "build", "--network", "host", "-f", dockerfile, "-t", tag]
+    command = ["docker", "build", "--force-rm", "--network", "host", "-f", dockerfile, "-t", tag]
     for key, value in build_args.items():
         command += ["--build-arg", f"{key}={value}"]
     start = time.monotonic()
