@@ -53,7 +53,7 @@ images-test: setup system-deps
 lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy multidomain service training mdprune
+	$(BIN)/mypy multidomain service torchserving devtools training reporting mdprune
 
 format: setup
 	$(BIN)/ruff format .

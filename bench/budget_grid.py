@@ -4,7 +4,8 @@ For each budget and sharing variant: budget-aware training from the same backbon
 pruning and export (into a scratch model store), then per-domain and mean test accuracy,
 compact params / backbone params (all domains' BN and heads included), each domain's MACs /
 backbone MACs and training wall time. The upper reference fine-tunes the whole backbone on
-each domain alone. Writes ``bench/results/budget_grid.{json,md}`` with the command used.
+each domain alone. Writes ``bench/results/budget_grid.{json,md}`` with the command used; the
+markdown table is the report's (``reporting``).
 
     python bench/budget_grid.py [--steps 300] [--budgets 1.0 0.75 0.5 0.25]
 """
@@ -14,21 +15,23 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shlex
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
+from _results import RESULTS, command, write_results
 
 from multidomain.arch import ArchSpec
-from training.budget import BudgetConfig, export_artifact, train_budget_aware
+from reporting.checks import check_runs
+from reporting.inputs import collect_grid
+from reporting.render import TABLE_LEGEND, reference_row, render_table, run_row
+from training.budget import BudgetConfig, train_budget_aware
 from training.data import build_embedded_benchmark
+from training.export import export_artifact
 from training.pretrain import PretrainConfig, pretrain_backbone
 from training.sharing import SHARING_VARIANTS
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -56,6 +59,7 @@ def main() -> None:
             rows.append(
                 {
                     "budget": budget,
+                    "budget_metric": config.budget_metric,
                     "sharing": sharing,
                     "mean_test_accuracy": manifest["mean_test_accuracy"],
                     "test_accuracy": {d["name"]: d["test_accuracy"] for d in manifest["domains"]},
@@ -86,7 +90,7 @@ def main() -> None:
             "wall_time_s": round(time.perf_counter() - started, 1),
         }
     result = {
-        "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+        "command": command(),
         "created_at": stamp,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "backbone": {
@@ -98,49 +102,22 @@ def main() -> None:
         "grid": rows,
         "reference_finetuned_alone": reference,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render_markdown(result))
-    print(render_markdown(result))
+    write_results(args.out, result, render_markdown(result, args.out.with_suffix(".json")))
 
 
-def render_markdown(result: dict) -> str:
-    names = list(result["backbone"]["test_accuracy"])
+def render_markdown(result: dict[str, Any], results_json: Path) -> str:
+    """Title, command and the report's table of the grid (runs, backbone, fine-tuned alone)."""
+    runs, references = collect_grid(result, results_json)
+    check_runs(runs)
     lines = [
         "# Budget x sharing grid (embedded benchmark)",
         "",
         f"Command: `{result['command']}` ({result['created_at']}, {result['machine']})",
         "",
-        "Accuracy is test top-1. `compact/backbone` counts everything needed to serve all "
-        "domains (compact shared convolutions + every domain's BN and head) over the "
-        "single-domain backbone (all convolutions + one BN set). `MACs/backbone` is each "
-        "domain's subnetwork over the backbone.",
+        TABLE_LEGEND,
         "",
-        "| budget | sharing | " + " | ".join(names) + " | mean acc | compact/backbone params "
-        "| max domain MACs/backbone | train s |",
-        "|---|---|" + "---|" * len(names) + "---|---|---|---|",
+        *render_table([run_row(r) for r in runs], [reference_row(r) for r in references]),
     ]
-    for row in result["grid"]:
-        accs = " | ".join(f"{row['test_accuracy'][n]:.3f}" for n in names)
-        lines.append(
-            f"| {row['budget']} | {row['sharing']} | {accs} | {row['mean_test_accuracy']:.4f} | "
-            f"{row['compact_params_fraction']:.3f} | "
-            f"{max(row['domain_macs_fraction'].values()):.3f} | {row['wall_time_s']:.0f} |"
-        )
-    backbone = result["backbone"]
-    accs = " | ".join(f"{backbone['test_accuracy'][n]:.3f}" for n in names)
-    lines.append(
-        f"| backbone (pre-trained, all domains) | - | {accs} | "
-        f"{backbone['mean_test_accuracy']:.4f} | 1.000 | 1.000 | - |"
-    )
-    ref = result["reference_finetuned_alone"]
-    if ref:
-        accs = " | ".join(f"{ref[n]['test_accuracy']:.3f}" for n in names)
-        mean = sum(ref[n]["test_accuracy"] for n in names) / len(names)
-        lines.append(
-            f"| each domain fine-tuned alone | - | {accs} | {mean:.4f} | ~{len(names)} (one "
-            f"backbone each) | 1.000 | {sum(ref[n]['wall_time_s'] for n in names):.0f} |"
-        )
     return "\n".join(lines) + "\n"
 
 

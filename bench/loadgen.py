@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from devtools.torchserve_local import free_port
 from multidomain.artifact import load_artifact
-from service.torchserve_local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,11 +203,20 @@ def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None
 
 
 @contextlib.contextmanager
-def fastapi_server(artifact_path: Path, settings: dict[str, str], log_path: Path) -> Iterator[str]:
-    """``python -m service`` on a free port until the block ends; yields its base URL."""
+def fastapi_process(
+    artifact_path: Path,
+    settings: dict[str, str],
+    log_path: Path,
+    command_prefix: Sequence[str] = (),
+    source_tree: Path = ROOT,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``python -m service`` on a free port until the block ends; yields its base URL and
+    process. ``command_prefix`` runs it through a wrapper that execs it (e.g. ``prlimit``);
+    ``source_tree`` is the checkout whose code it runs."""
     port = free_port()
     env = {**os.environ, **settings, "MDP_HOST": "127.0.0.1", "MDP_PORT": str(port)}
     command = [
+        *command_prefix,
         sys.executable,
         "-m",
         "service",
@@ -220,7 +229,12 @@ def fastapi_server(artifact_path: Path, settings: dict[str, str], log_path: Path
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=source_tree,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             url = f"http://127.0.0.1:{port}"
@@ -229,6 +243,13 @@ def fastapi_server(artifact_path: Path, settings: dict[str, str], log_path: Path
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the FastAPI service did not start; see {log_path}")
                 time.sleep(0.25)
-            yield url
+            yield url, process
         finally:
             _stop_group(process)
+
+
+@contextlib.contextmanager
+def fastapi_server(artifact_path: Path, settings: dict[str, str], log_path: Path) -> Iterator[str]:
+    """``python -m service`` on a free port until the block ends; yields its base URL."""
+    with fastapi_process(artifact_path, settings, log_path) as (url, _):
+        yield url

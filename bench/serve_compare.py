@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,14 +30,14 @@ from typing import Any
 
 import torch
 import ts
+from _results import RESULTS, command, write_results
 from loadgen import Request, Target, fastapi_server, make_requests, run_closed_loop, summarise
 
+from devtools.torchserve_local import LocalTorchServe
 from multidomain.artifact import load_artifact
-from service.torchserve_export import TorchServeModelConfig, export_mar
-from service.torchserve_local import LocalTorchServe
+from torchserving.export import TorchServeModelConfig, export_mar
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 
 
 def measure(
@@ -192,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
                 rows += measure(target, requests, args)
     result = {
-        "command": shlex.join(["python", *sys.argv]),
+        "command": command(),
         "artifact": str(args.artifact),
         "model": artifact.name,
         "version": artifact.version,
@@ -214,11 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "rows": rows,
         "ratios": compare(rows),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    args.out.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import shlex
-import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from _results import RESULTS, command, write_results
 from loadgen import Run, Target, fastapi_server, make_requests, run_closed_loop, summarise
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _predict_path(request: Any) -> tuple[str, dict[str, str]]:
@@ -102,7 +99,7 @@ def main() -> None:
             }
         )
     result = {
-        "command": shlex.join(["python", *sys.argv]),
+        "command": command(),
         "artifact": str(args.artifact),
         "settings": settings_used,
         "rounds": args.rounds,
@@ -110,10 +107,7 @@ def main() -> None:
         "rows": rows,
         "summary": summary,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown(result))
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -16,20 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from _results import RESULTS, command, write_results
 
 from multidomain.artifact import load_artifact
 from multidomain.costs import subnet_totals
 from multidomain.fold import serving_network
 from multidomain.network import ResNet26
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def paired_median_ms(
@@ -99,15 +96,13 @@ def main() -> None:
             )
             print(json.dumps(rows[-1]), flush=True)
     result = {
-        "command": shlex.join(["python", *sys.argv]),
+        "command": command(),
         "artifact": str(args.artifact),
         "torch_threads": args.threads,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "simd_lanes_fp32": lanes,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Compact subnetwork vs unpruned backbone: forward time",
         "",
@@ -125,8 +120,7 @@ def main() -> None:
         f"| {r['lane_padded_mac_reduction']} |"
         for r in rows
     ]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

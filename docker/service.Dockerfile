@@ -12,7 +12,7 @@
 #                        reachable, docker/bootstrap_base.sh builds one from Debian packages.
 #   TORCH_INDEX_URL      package index torch (and torchvision) come from
 #   TORCH_VERSION        torch release, e.g. 2.14.1 (or a local build such as 2.13.0+cpu)
-#   TORCHVISION_VERSION  torchvision release; empty: no torchvision
+#   TORCHVISION_VERSION  torchvision release to add (the code does not need it); default: none
 # Extra CA certificates pip needs during the build (a TLS-inspecting proxy): put them in
 # docker/build-ca/*.crt. Only the build stage sees them; the final image does not contain them.
 ARG BASE_IMAGE=python:3.11.10-slim-bookworm
@@ -23,7 +23,7 @@ FROM ${BASE_IMAGE} AS build
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.14.1
-ARG TORCHVISION_VERSION=0.29.1
+ARG TORCHVISION_VERSION=
 
 ENV PATH=/opt/venv/bin:$PATH \
     PIP_CERT=/etc/pip-ca.pem \
@@ -34,7 +34,7 @@ COPY docker/build-ca/ /tmp/build-ca/
 RUN cat /etc/ssl/certs/ca-certificates.crt $(find /tmp/build-ca -name '*.crt') > /etc/pip-ca.pem \
     && python3 -m venv /opt/venv
 
-# 1. torch (and torchvision) builds from TORCH_INDEX_URL without their dependencies, then the
+# 1. torch (and torchvision, if asked for) builds from TORCH_INDEX_URL without their dependencies, then the
 #    dependencies from PyPI: the installed builds satisfy the pins, so pip keeps them. torch's
 #    C++ tests and headers (for compiling extensions) are not needed: about 190 MB.
 RUN set -eu; \
@@ -53,7 +53,8 @@ COPY docker/requirements.py /tmp/
 RUN python /tmp/requirements.py /src/pyproject.toml service > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
-# 3. The code, as a wheel: only what serving needs (the service never imports `training`).
+# 3. The code, as a wheel: only what serving needs (the service never imports `training`,
+#    `reporting`, `torchserving` or the test tooling in `devtools`).
 COPY README.md /src/
 COPY multidomain /src/multidomain
 COPY service /src/service

@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # TorchServe 0.12 (CPU) with what the handler needs beyond the stock image. The .mar ships the
-# handler and the `multidomain` package; this image adds safetensors (artifact loading).
+# handler (torchserving/handler.py) and a copy of the `multidomain` package; this image adds
+# safetensors (artifact loading).
 #
 #   docker build -f docker/torchserve.Dockerfile -t multidomain-pruning/torchserve:0.1.0 .
 FROM pytorch/torchserve:0.12.0-cpu

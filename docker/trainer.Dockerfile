@@ -21,7 +21,7 @@ FROM ${BASE_IMAGE} AS build
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.14.1
-ARG TORCHVISION_VERSION=0.29.1
+ARG TORCHVISION_VERSION=
 
 ENV PATH=/opt/venv/bin:$PATH \
     PIP_CERT=/etc/pip-ca.pem \
@@ -32,7 +32,7 @@ COPY docker/build-ca/ /tmp/build-ca/
 RUN cat /etc/ssl/certs/ca-certificates.crt $(find /tmp/build-ca -name '*.crt') > /etc/pip-ca.pem \
     && python3 -m venv /opt/venv
 
-# 1. torch (and torchvision) builds from TORCH_INDEX_URL without their dependencies, then the
+# 1. torch (and torchvision, if asked for) builds from TORCH_INDEX_URL without their dependencies, then the
 #    dependencies from PyPI: the installed builds satisfy the pins, so pip keeps them. torch's
 #    C++ tests and headers (for compiling extensions) are not needed: about 190 MB. Everything
 #    up to here is the same as in docker/service.Dockerfile, so the two builds share these layers.
@@ -57,11 +57,13 @@ RUN python /tmp/requirements.py /src/pyproject.toml training \
     && pip install -r /tmp/requirements.txt \
     && pip install --no-deps "animal-mnist==${ANIMAL_MNIST_VERSION}"
 
-# 3. The code, as a wheel.
+# 3. The code, as a wheel: training, reports, the TorchServe export (compose's `mar-export`)
+#    and the command line; neither the service nor the test tooling in `devtools`.
 COPY README.md /src/
 COPY multidomain /src/multidomain
 COPY training /src/training
-COPY service /src/service
+COPY reporting /src/reporting
+COPY torchserving /src/torchserving
 COPY mdprune /src/mdprune
 RUN pip wheel --no-deps --wheel-dir /dist /src
 
@@ -84,7 +86,7 @@ COPY --from=build /dist/ /tmp/dist/
 RUN pip install --no-deps --no-index --no-cache-dir --disable-pip-version-check /tmp/dist/*.whl \
     && rm -rf /tmp/dist \
     && python -c "import multidomain.artifact, training.budget, training.pretrain, \
-service.torchserve_export, mdprune.cli" \
+training.export, reporting.build, torchserving.export, mdprune.cli" \
     && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app \
         --shell /usr/sbin/nologin app \

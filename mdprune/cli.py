@@ -1,14 +1,15 @@
 """``mdprune``: build data, pre-train, train under a budget, prune, export, report and serve.
 
-Training commands import ``training``; ``serve`` imports only ``service``. Imports are lazy so
-that each command loads only what it needs.
+Training commands import ``training``, ``report`` imports only ``reporting`` and ``serve`` only
+``service``. Imports are lazy so that each command loads only what it needs.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -16,6 +17,8 @@ import typer
 
 if TYPE_CHECKING:
     from training.budget import BudgetConfig
+
+__all__ = ["app", "clean_errors", "main"]
 
 app = typer.Typer(
     add_completion=False,
@@ -37,15 +40,32 @@ SizeOpt = Annotated[int, typer.Option(help="Image side length every domain is re
 SeedOpt = Annotated[int, typer.Option(help="Seed for splits, initialisation and batches.")]
 
 
-@contextmanager
-def clean_errors() -> Iterator[None]:
-    """Known bad input ends with a one-line message and exit code 2, not a traceback."""
+def _package_errors() -> tuple[type[Exception], ...]:
+    """Each package's error type for bad input. A package this install lacks is left out: the
+    service image ships neither ``training`` nor ``reporting``."""
     from multidomain.arch import ArchitectureError
     from multidomain.artifact import ArtifactError
 
+    errors: list[type[Exception]] = [ArchitectureError, ArtifactError]
+    for module, name in (("training.errors", "TrainingError"), ("reporting.errors", "ReportError")):
+        with suppress(ImportError):
+            errors.append(getattr(importlib.import_module(module), name))
+    return tuple(errors)
+
+
+@contextmanager
+def clean_errors() -> Iterator[None]:
+    """Known bad input ends with a one-line message and exit code 2, not a traceback: each
+    package's error type, ``ValueError`` (configuration validation), a missing file or key."""
+    known: tuple[type[Exception], ...] = (
+        *_package_errors(),
+        ValueError,
+        FileNotFoundError,
+        KeyError,
+    )
     try:
         yield
-    except (ValueError, ArchitectureError, ArtifactError, FileNotFoundError, KeyError) as exc:
+    except known as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(2) from None
@@ -118,6 +138,35 @@ NameOpt = Annotated[str, typer.Option(help="Model name in the store.")]
 VersionOpt = Annotated[str | None, typer.Option(help="Version folder (default: UTC timestamp).")]
 
 
+def _budget_config(
+    budget: float,
+    metric: str,
+    sharing: str,
+    sharing_weight: float,
+    steps: int,
+    seed: int,
+    learnable_sharing_weight: bool = False,
+) -> BudgetConfig:
+    from training.budget import BudgetConfig
+
+    return BudgetConfig(
+        budget=budget,
+        budget_metric=metric,  # type: ignore[arg-type]
+        sharing=sharing,  # type: ignore[arg-type]
+        sharing_weight=sharing_weight,
+        learnable_sharing_weight=learnable_sharing_weight,
+        steps=steps,
+        seed=seed,
+    )
+
+
+def _check_target(model_store: Path, model_name: str, version: str | None) -> None:
+    """Refuse an existing or badly named artifact folder before training, not after."""
+    from training.export import artifact_target
+
+    artifact_target(model_store, model_name, version)
+
+
 def _train_and_export(
     loaded: dict[str, Any],
     backbone: Path,
@@ -126,7 +175,8 @@ def _train_and_export(
     model_name: str,
     version: str | None,
 ) -> Path:
-    from training.budget import export_artifact, train_budget_aware
+    from training.budget import train_budget_aware
+    from training.export import export_artifact
 
     trained = train_budget_aware(list(loaded.values()), backbone, config)
     path, _ = export_artifact(trained, model_store, model_name, version)
@@ -153,19 +203,12 @@ def train(
 ) -> None:
     """Budget-aware multi-domain training, pruning and export of the compact artifact."""
     with clean_errors():
-        from training.budget import BudgetConfig, artifact_target
         from training.pretrain import load_backbone
 
-        config = BudgetConfig(
-            budget=budget,
-            budget_metric=budget_metric,  # type: ignore[arg-type]
-            sharing=sharing,  # type: ignore[arg-type]
-            sharing_weight=sharing_weight,
-            learnable_sharing_weight=learnable_sharing_weight,
-            steps=steps,
-            seed=seed,
+        config = _budget_config(
+            budget, budget_metric, sharing, sharing_weight, steps, seed, learnable_sharing_weight
         )
-        artifact_target(model_store, model_name, version)  # fail before training, not after
+        _check_target(model_store, model_name, version)
         record, _ = load_backbone(backbone)
         loaded = _load(domains, cache_dir, int(record["arch"]["image_size"]), seed)
         _train_and_export(loaded, backbone, config, model_store, model_name, version)
@@ -202,17 +245,9 @@ def pipeline(
     """The main job: data -> backbone -> budget-aware training -> prune -> export -> serve."""
     with clean_errors():
         from multidomain.arch import ArchSpec
-        from training.budget import BudgetConfig, artifact_target
         from training.pretrain import PretrainConfig, pretrain_backbone
 
-        config = BudgetConfig(
-            budget=budget,
-            budget_metric=budget_metric,  # type: ignore[arg-type]
-            sharing=sharing,  # type: ignore[arg-type]
-            sharing_weight=sharing_weight,
-            steps=steps,
-            seed=seed,
-        )
+        config = _budget_config(budget, budget_metric, sharing, sharing_weight, steps, seed)
         existing = _verified_version(model_store, model_name, version) if if_missing else None
         if existing is not None:
             typer.echo(f"{existing} exists and verifies: not training (--if-missing)")
@@ -220,7 +255,7 @@ def pipeline(
                 _serve(["--model-store", str(model_store), "--model-name", model_name,
                         "--model-version", existing.name, "--port", str(port)])  # fmt: skip
             return
-        artifact_target(model_store, model_name, version)  # fail before training, not after
+        _check_target(model_store, model_name, version)
         arch = ArchSpec(width_mult=width_mult, image_size=image_size)
         loaded = _load(domains, cache_dir, image_size, seed)
         pretrain_backbone(
@@ -303,7 +338,7 @@ def report(
 
     Exits 1 (after writing the report) if a domain exceeds its budget."""
     with clean_errors():
-        from training.report import build_report
+        from reporting.build import build_report
 
         result = build_report(inputs, out, max_channel_plots)
     plots = result["plots"]
@@ -343,7 +378,7 @@ def torchserve_export(
     """Package an artifact for TorchServe: <model-store>/<name>.mar (handler, artifact, code)."""
     with clean_errors():
         from multidomain.artifact import MANIFEST_FILE, load_artifact, resolve_artifact
-        from service.torchserve_export import TorchServeModelConfig, export_mar
+        from torchserving.export import TorchServeModelConfig, export_mar
 
         if not (path / MANIFEST_FILE).is_file() and path.is_dir():
             path = resolve_artifact(path.parent, path.name)

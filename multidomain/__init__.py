@@ -1,0 +1,10 @@
+"""What training, reporting and the servers share: the architecture spec (``arch``), the network
+(``network``), parameter/MAC counting (``costs``), preprocessing (``preprocess``), the artifact
+format (``artifact``), the served form (``fold``), the serving core (``serving``), and torch-free
+helpers for files (``files``) and numbers over domains (``stats``).
+
+Imports: torch, numpy, Pillow and safetensors only (torchvision is a test reference, never
+imported here); nothing of this project outside ``multidomain``, and never a web framework:
+TorchServe archives ship a copy of this package and nothing else of the project. ``arch``,
+``files`` and ``stats`` import no torch, so ``reporting`` may use them.
+"""

@@ -33,16 +33,33 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from multidomain.arch import ArchitectureError, ArchSpec
+from multidomain.files import apply_umask_mode, sha256_file
 from multidomain.fold import serving_network
-from multidomain.network import ResNet26
+from multidomain.network import ResNet26, domain_tensor_name
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "WEIGHTS_FILE",
+    "Artifact",
+    "ArtifactError",
+    "DomainEntry",
+    "check_name",
+    "load_artifact",
+    "manifest_digest",
+    "resolve_artifact",
+    "sha256_file",
+    "split_state_dict",
+    "subnet_state_dict",
+    "write_artifact",
+]
 
 FORMAT_NAME = "multidomain-pruning-artifact"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_BN_SET = re.compile(r"^(?P<prefix>.*\.bn[12]?)\.(?P<set>\d+)\.(?P<leaf>[a-z_]+)$")
-_HEAD = re.compile(r"^heads\.(?P<set>\d+)\.(?P<leaf>weight|bias)$")
 _BN_LEAVES = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -57,14 +74,6 @@ def check_name(kind: str, value: str) -> str:
             "starting with a letter or digit"
         )
     return value
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
@@ -85,15 +94,12 @@ def split_state_dict(
     for name, tensor in state.items():
         if name.endswith("num_batches_tracked"):
             continue
-        bn = _BN_SET.match(name)
-        head = _HEAD.match(name)
-        if bn:
-            key = f"{bn['prefix']}.{bn['leaf']}"
-            per_domain.setdefault(int(bn["set"]), {})[key] = tensor
-        elif head:
-            per_domain.setdefault(int(head["set"]), {})[f"head.{head['leaf']}"] = tensor
-        else:
+        parsed = domain_tensor_name(name)
+        if parsed is None:
             shared[name] = tensor
+        else:
+            key = f"head.{parsed.leaf}" if parsed.is_head else f"{parsed.prefix}.{parsed.leaf}"
+            per_domain.setdefault(parsed.domain, {})[key] = tensor
     return shared, [per_domain[k] for k in sorted(per_domain)]
 
 
@@ -178,30 +184,6 @@ class Artifact:
         """What serving runs for a domain: ``serving_network`` of its compact subnetwork."""
         entry = self.domain(name)
         return serving_network(self.subnet(name), entry.mean, entry.std)
-
-
-def current_umask() -> int:
-    """The process umask, read from /proc where it exists (``os.umask`` changes it for a moment,
-    for every thread)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def apply_umask_mode(path: Path) -> None:
-    """Give a file or folder the mode a plain ``open`` or ``mkdir`` would have given it: 0666 or
-    0777 less the umask (0644 / 0755 under umask 022). ``tempfile`` creates 0600 files and 0700
-    folders, and safetensors writes 0600 files: published as they are, a reader running as
-    another user (a service beside the trainer) could not open them."""
-    full = 0o777 if Path(path).is_dir() else 0o666
-    os.chmod(path, full & ~current_umask())
 
 
 def write_artifact(

@@ -7,16 +7,35 @@ domain index selects them) and a configurable number of ``mid`` channels per blo
   ``ChannelSwitches``;
 * a domain's compact subnetwork at serving time (one BN set, one head, only the domain's own
   mid channels), built from an artifact by ``multidomain.artifact``.
+
+``domain_tensor_name`` is the one rule for telling a per-domain tensor (a BN set's, a head's) from
+a shared one by its state-dict name.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from multidomain.arch import ArchitectureError, ArchSpec, BlockSpec
+
+__all__ = [
+    "BasicBlock",
+    "ChannelSwitches",
+    "DomainTensorName",
+    "ResNet26",
+    "Shortcut",
+    "Stem",
+    "domain_tensor_name",
+    "ste_binarize",
+]
+
+_BN_SET = re.compile(r"^(?P<prefix>.*\.bn[12]?)\.(?P<set>\d+)\.(?P<leaf>[a-z_]+)$")
+_HEAD = re.compile(r"^heads\.(?P<set>\d+)\.(?P<leaf>weight|bias)$")
 
 
 def _bn_sets(channels: int, count: int) -> nn.ModuleList:
@@ -116,6 +135,33 @@ class ResNet26(nn.Module):
         """Per-domain BatchNorm affines and heads."""
         shared = {id(p) for p in self.shared_parameters()}
         return [p for p in self.parameters() if id(p) not in shared]
+
+
+class DomainTensorName(NamedTuple):
+    """A per-domain tensor of a multi-domain ``ResNet26`` state dict: ``<prefix>.<domain>.<leaf>``
+    with prefix ``heads`` or a BatchNorm set (``blocks.3.bn1``, ``stem.bn``, ...)."""
+
+    prefix: str
+    domain: int
+    leaf: str
+
+    @property
+    def is_head(self) -> bool:
+        return self.prefix == "heads"
+
+    def for_domain(self, domain: int) -> str:
+        """The same tensor's name in another domain's BN set or head."""
+        return f"{self.prefix}.{domain}.{self.leaf}"
+
+
+def domain_tensor_name(name: str) -> DomainTensorName | None:
+    """The BatchNorm or head tensor ``name`` of a multi-domain ``ResNet26`` state dict taken
+    apart; ``None`` for a tensor every domain shares (a convolution)."""
+    match = _BN_SET.match(name) or _HEAD.match(name)
+    if match is None:
+        return None
+    prefix = match["prefix"] if match.re is _BN_SET else "heads"
+    return DomainTensorName(prefix, int(match["set"]), match["leaf"])
 
 
 def ste_binarize(scores: Tensor) -> Tensor:

@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from multidomain.serving import class_probabilities
 from service.errors import DeadlineExceeded, NotReady, Overloaded
 from service.metrics import ServiceMetrics
+
+__all__ = ["DomainModel", "InferenceEngine"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,7 @@ class _DomainQueue:
 
 
 def _forward(network: nn.Module, inputs: Tensor) -> Tensor:
-    with torch.inference_mode():
-        return torch.softmax(network(inputs), dim=1)
+    return class_probabilities(network, inputs)
 
 
 class InferenceEngine:

@@ -1,4 +1,5 @@
-"""Errors the service answers with, and the one JSON shape every error response has:
+"""Errors the service answers with, and the one JSON shape every error response has
+(:func:`multidomain.serving.error_body`, the TorchServe handler's too):
 
 ``{"error": {"code": <HTTP status>, "type": "<short_snake_case>", "message": "<sentence>"}}``
 """
@@ -8,6 +9,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fastapi.responses import JSONResponse
+
+from multidomain.serving import error_body
+
+__all__ = [
+    "REJECTION_REASONS",
+    "BadImage",
+    "BodyTooLarge",
+    "DeadlineExceeded",
+    "ImageTooLarge",
+    "MalformedRequest",
+    "NotReady",
+    "Overloaded",
+    "ServiceError",
+    "TooManyImages",
+    "UnknownDomain",
+    "UnsupportedMediaType",
+    "error_response",
+]
 
 
 class ServiceError(Exception):
@@ -93,5 +112,6 @@ REJECTION_REASONS: tuple[str, ...] = tuple(
 def error_response(
     status: int, type_: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    body = {"error": {"code": status, "type": type_, "message": message}}
-    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+    return JSONResponse(
+        error_body(status, type_, message), status_code=status, headers=dict(headers or {})
+    )

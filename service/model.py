@@ -1,59 +1,36 @@
-"""The served model: an artifact loaded and verified once, its domains' compact subnetworks
-and preprocessing, and the description the API returns."""
+"""The served model: an artifact loaded and verified once, every domain's compact subnetwork and
+preprocessing (:mod:`multidomain.serving`), the first and last of a request's three steps in the
+service's terms (decode: ``preprocess``; encode: ``encode``/``encode_batch``; predict is
+``InferenceEngine.predict``), and the description the API returns."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-import torch
-from PIL import Image
 from torch import Tensor
 
 from multidomain.artifact import DomainEntry, load_artifact, resolve_artifact
-from multidomain.preprocess import (
-    ImageDecodeError,
-    ImageTooLargeError,
-    decode_to_input,
-    eval_resize,
-)
+from multidomain.preprocess import ImageDecodeError, ImageTooLargeError
+from multidomain.serving import ServedArtifact, ServedDomain, UnknownDomainError
 from service.engine import DomainModel
 from service.errors import BadImage, ImageTooLarge, UnknownDomain
-from service.schemas import DomainDetail, DomainSummary, ModelSummary
+from service.schemas import (
+    BatchItem,
+    BatchPredictResponse,
+    DomainDetail,
+    DomainSummary,
+    ModelSummary,
+    PredictResponse,
+)
 from service.settings import ServiceSettings
 
-
-@dataclass(frozen=True)
-class ServedDomain:
-    entry: DomainEntry
-    transform: Callable[[Image.Image], Tensor]
-
-    def preprocess(self, data: bytes, max_pixels: int) -> Tensor:
-        """Image bytes -> uint8 [3, S, S] tensor (the served network normalises whole batches);
-        ``BadImage`` or ``ImageTooLarge``."""
-        try:
-            return decode_to_input(data, max_pixels, self.transform)
-        except ImageTooLargeError as exc:
-            raise ImageTooLarge(str(exc)) from None
-        except ImageDecodeError as exc:
-            raise BadImage(str(exc)) from None
+__all__ = ["ServedModel", "load_served_model"]
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    artifact_path: str
-    manifest: dict[str, Any]
-    domains: dict[str, ServedDomain]
-
-    @property
-    def name(self) -> str:
-        return str(self.manifest["model_name"])
-
-    @property
-    def version(self) -> str:
-        return str(self.manifest["version"])
+class ServedModel(ServedArtifact):
+    """:class:`~multidomain.serving.ServedArtifact` with the service's errors and schemas."""
 
     @property
     def budget(self) -> float | None:
@@ -66,11 +43,39 @@ class ServedModel:
         return value if isinstance(value, str) else None
 
     def domain(self, name: str) -> ServedDomain:
+        """The served domain; ``UnknownDomain`` (404) listing the known ones otherwise."""
         try:
-            return self.domains[name]
-        except KeyError:
-            known = ", ".join(sorted(self.domains))
-            raise UnknownDomain(f"unknown domain {name!r}; known domains: {known}") from None
+            return super().domain(name)
+        except UnknownDomainError as exc:
+            raise UnknownDomain(str(exc)) from None
+
+    @staticmethod
+    def preprocess(domain: ServedDomain, data: bytes, max_pixels: int) -> Tensor:
+        """decode: image bytes -> uint8 [3, S, S] tensor (the served network normalises whole
+        batches); ``BadImage`` or ``ImageTooLarge``."""
+        try:
+            return domain.preprocess(data, max_pixels)
+        except ImageTooLargeError as exc:
+            raise ImageTooLarge(str(exc)) from None
+        except ImageDecodeError as exc:
+            raise BadImage(str(exc)) from None
+
+    def encode(self, domain: ServedDomain, probabilities: Tensor, top_k: int) -> PredictResponse:
+        """encode: the answer to one image."""
+        return PredictResponse.model_validate(self.answer(domain, probabilities, top_k))
+
+    def encode_batch(
+        self, domain: ServedDomain, rows: Sequence[Tensor], top_k: int
+    ) -> BatchPredictResponse:
+        """encode: the answer to a batch, one entry per image in request order."""
+        return BatchPredictResponse(
+            model=self.name,
+            version=self.version,
+            domain=domain.name,
+            results=[
+                BatchItem.model_validate({"predictions": domain.top_k(row, top_k)}) for row in rows
+            ],
+        )
 
     def summary(self) -> ModelSummary:
         backbone = self.manifest.get("backbone")
@@ -78,11 +83,7 @@ class ServedModel:
         backbone = backbone if isinstance(backbone, dict) else {}
         compact = compact if isinstance(compact, dict) else {}
         return ModelSummary(
-            model=self.name,
-            version=self.version,
-            budget=self.budget,
-            budget_metric=_text(self.manifest.get("budget_metric")),
-            sharing=self.sharing,
+            **self._model_fields(),
             backbone_params=_integer(backbone.get("params")),
             backbone_macs=_integer(backbone.get("macs")),
             compact_params=_integer(compact.get("params")),
@@ -95,16 +96,22 @@ class ServedModel:
         entry = self.domain(name).entry
         return DomainDetail(
             **self._domain_summary(entry).model_dump(),
-            model=self.name,
-            version=self.version,
-            budget=self.budget,
-            budget_metric=_text(self.manifest.get("budget_metric")),
-            sharing=self.sharing,
+            **self._model_fields(),
             labels=list(entry.labels),
             mean=list(entry.mean),
             std=list(entry.std),
             channels_per_block=list(entry.mid_channels),
         )
+
+    def _model_fields(self) -> dict[str, Any]:
+        """What both descriptions say about the model."""
+        return {
+            "model": self.name,
+            "version": self.version,
+            "budget": self.budget,
+            "budget_metric": _text(self.manifest.get("budget_metric")),
+            "sharing": self.sharing,
+        }
 
     @staticmethod
     def _domain_summary(entry: DomainEntry) -> DomainSummary:
@@ -127,16 +134,12 @@ def load_served_model(settings: ServiceSettings) -> tuple[ServedModel, dict[str,
     """Resolve, verify and load the artifact; build every domain's compact subnetwork once.
     Raises ``ArtifactError`` naming what is wrong."""
     path = resolve_artifact(settings.model_store, settings.model_name, settings.model_version)
-    artifact = load_artifact(path)
-    domains: dict[str, ServedDomain] = {}
-    networks: dict[str, DomainModel] = {}
-    for entry in artifact.domains:
-        size = entry.image_size
-        domains[entry.name] = ServedDomain(entry, eval_resize(size))
-        networks[entry.name] = DomainModel(
-            artifact.served_network(entry.name), (3, size, size), torch.uint8
-        )
-    return ServedModel(str(path), dict(artifact.manifest), domains), networks
+    model = ServedModel.build(load_artifact(path))
+    networks = {
+        name: DomainModel(domain.network, domain.input_shape, domain.input_dtype)
+        for name, domain in model.domains.items()
+    }
+    return model, networks
 
 
 def _number(value: Any) -> float | None:

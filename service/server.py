@@ -18,8 +18,9 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from multidomain.artifact import ArtifactError, resolve_artifact
-from service.app import ServiceState, create_app
+from service.app import create_app
 from service.settings import ServiceSettings, SettingsError, load_settings
+from service.state import ServiceState
 
 #: uvicorn's exit status when the app fails to start
 STARTUP_FAILURE = 3

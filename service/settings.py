@@ -1,4 +1,8 @@
-"""Service settings: environment variables with the ``MDP_`` prefix, validated at start-up."""
+"""Service settings: environment variables with the ``MDP_`` prefix, validated at start-up.
+
+The settings the TorchServe handler reads too (``torch_threads``, ``max_image_pixels``) take
+their names and defaults from :class:`multidomain.serving.ServingSettings`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,14 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ENV_PREFIX = "MDP_"
+from multidomain.serving import DEFAULTS, ENV_PREFIX, MAX_BODY_BYTES, env_name
+
+__all__ = [
+    "ServiceSettings",
+    "SettingsError",
+    "describe_validation_error",
+    "load_settings",
+]
 
 
 class SettingsError(ValueError):
@@ -32,7 +43,7 @@ class ServiceSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", min_length=1, description="Interface to bind.")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port to bind.")
     torch_threads: int = Field(
-        default=1,
+        default=DEFAULTS.torch_threads,
         ge=1,
         le=256,
         description="torch intra-op threads of the compute thread; 1 leaves the other cores to "
@@ -58,10 +69,12 @@ class ServiceSettings(BaseSettings):
         default=10.0, gt=0, le=3600, description="Per-request deadline."
     )
     max_body_bytes: int = Field(
-        default=8 * 1024 * 1024, ge=1024, description="Largest request body."
+        default=MAX_BODY_BYTES, ge=1024, description="Largest request body."
     )
     max_image_pixels: int = Field(
-        default=4096 * 4096, ge=1, description="Largest width*height, checked before decoding."
+        default=DEFAULTS.max_image_pixels,
+        ge=1,
+        description="Largest width*height, checked before decoding.",
     )
     max_batch_images: int = Field(default=64, ge=1, description="Most images in one batch request.")
     overload_status: int = Field(
@@ -115,7 +128,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"])
-        where = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        where = env_name(field) if field else "settings"
         value = f" (got {error['input']!r})" if field and "input" in error else ""
         lines.append(f"  {where}: {error['msg']}{value}")
     return "invalid service settings:\n" + "\n".join(lines)

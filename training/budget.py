@@ -1,4 +1,4 @@
-"""Budget-aware multi-domain training over a frozen backbone, projection, pruning and export.
+"""Budget-aware multi-domain training over a frozen backbone, then projection onto the budget.
 
 See docs/method.md for the formulation. In short, per step and for every domain ``d``:
 ``CE_d`` on one batch of its own data through its straight-through masks, then
@@ -6,7 +6,8 @@ See docs/method.md for the formulation. In short, per step and for every domain 
     loss = mean_d CE_d + rho * sum_{d,m} relu(cost_m(d) - beta_t)^2 + gamma * L_share
 
 where the target ``beta_t`` falls linearly from 1 to ``beta`` over the first part of training
-(gradual pruning), and export projects any domain still over ``beta`` onto the budget.
+(gradual pruning); after training, any domain still over ``beta`` is projected onto the budget
+and briefly fine-tuned. ``training.export`` prunes and writes the artifact.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,31 +23,26 @@ import torch
 from torch import Tensor, nn
 
 from multidomain.arch import ArchitectureError, ArchSpec
-from multidomain.artifact import check_name, subnet_state_dict, write_artifact
-from multidomain.costs import (
-    CostMetric,
-    LinearCost,
-    backbone_totals,
-    compact_totals,
-    linear_cost,
-    subnet_totals,
-)
-from multidomain.network import ChannelSwitches, ResNet26
-from multidomain.preprocess import normalize_batch
-from training.common import (
-    DomainFeeder,
-    command_line,
-    console,
-    evaluate,
-    mean,
-    recalibrate_batchnorm,
-    seed_everything,
-    training_progress,
-)
-from training.data import DomainData, iterate_eval
-from training.pretrain import RunError, load_backbone
-from training.prune import CompactParts, project_to_budget, prune_to_compact
+from multidomain.costs import CostMetric, LinearCost, linear_cost
+from multidomain.network import ChannelSwitches, ResNet26, domain_tensor_name
+from training.common import recalibrate_batchnorm, seed_everything
+from training.data import DomainData, DomainFeeder
+from training.errors import RunError
+from training.loop import ExtraLoss, train_steps
+from training.pretrain import load_backbone
+from training.prune import project_to_budget
 from training.sharing import SharingVariant, check_variant, sharing_loss
+
+__all__ = [
+    "BUDGET_METRICS",
+    "BudgetConfig",
+    "BudgetMetric",
+    "TrainedModel",
+    "budget_target",
+    "build_from_backbone",
+    "initialise_scores",
+    "train_budget_aware",
+]
 
 BudgetMetric = Literal["params", "macs", "both"]
 BUDGET_METRICS = ("params", "macs", "both")
@@ -130,7 +125,7 @@ def build_from_backbone(domains: Sequence[DomainData], backbone_dir: Path) -> Re
     labels = record.get("labels", {})
     state: dict[str, Tensor] = {}
     for key, tensor in weights.items():
-        if key.startswith("heads.") or ".bn" in key:
+        if domain_tensor_name(key) is not None:
             continue
         if key not in own or own[key].shape != tensor.shape:
             raise RunError(
@@ -141,12 +136,9 @@ def build_from_backbone(domains: Sequence[DomainData], backbone_dir: Path) -> Re
         src = source.index(data.name) if data.name in source else 0
         same_head = data.name in source and labels.get(data.name) == data.labels
         for key in own:
-            parts = key.split(".")
-            if ".bn" in key and parts[-2].isdigit() and int(parts[-2]) == k:
-                parts[-2] = str(src)
-                state[key] = weights[".".join(parts)]
-            elif key.startswith(f"heads.{k}.") and same_head:
-                state[key] = weights[f"heads.{src}.{parts[-1]}"]
+            name = domain_tensor_name(key)
+            if name is not None and name.domain == k and (same_head or not name.is_head):
+                state[key] = weights[name.for_domain(src)]
     model.load_state_dict(state, strict=False)
     return model
 
@@ -227,66 +219,40 @@ def train_budget_aware(
     if config.learnable_sharing_weight:
         groups.append({"params": [log_gamma], "lr": config.lr_scores})
     optimizer = torch.optim.Adam(groups)
-    feeders = [
-        DomainFeeder(d, config.batch_size, config.seed + 7 * k) for k, d in enumerate(domains)
-    ]
-    loss_fn = nn.CrossEntropyLoss()
-    history: list[dict[str, float]] = []
-    model.train()
+    feeders = {
+        k: DomainFeeder(d, config.batch_size, config.seed + 7 * k) for k, d in enumerate(domains)
+    }
+
+    def budget_and_sharing(step: int) -> ExtraLoss:
+        masks = switches.all_masks()
+        domain_costs = _stacked_costs(costs, masks)
+        target = budget_target(config, step)
+        budget_term = config.penalty * torch.relu(domain_costs - target).pow(2).sum()
+        share = sharing_loss(config.sharing, masks, share_weights)
+        gamma = torch.exp(log_gamma) if config.learnable_sharing_weight else config.sharing_weight
+        share_term = gamma * share
+        if config.learnable_sharing_weight:
+            # uncertainty weighting: gamma * L - log(gamma) keeps gamma from collapsing to 0
+            share_term = share_term - log_gamma
+        stats = {"share": float(share.detach()), "max_cost": float(domain_costs.detach().max())}
+        return ExtraLoss(budget_term + share_term, stats)
+
+    @torch.no_grad()
+    def clamp_sharing_weight(step: int) -> None:
+        if config.learnable_sharing_weight:
+            log_gamma.clamp_(max=math.log(100.0))
+
     started = time.perf_counter()
-    with training_progress() as progress:
-        task = progress.add_task(
-            f"budget {config.budget} {config.sharing}", total=config.steps, stats=""
-        )
-        for step in range(config.steps):
-            t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            ce_sum, correct, count = 0.0, 0, 0
-            for k, feeder in enumerate(feeders):
-                images, targets = feeder.next()
-                logits = model(images, k, switches.masks(k))
-                ce = loss_fn(logits, targets) / len(feeders)
-                ce.backward()
-                ce_sum += ce.item()
-                correct += int((logits.argmax(1) == targets).sum())
-                count += int(targets.numel())
-            masks = switches.all_masks()
-            domain_costs = _stacked_costs(costs, masks)
-            target = budget_target(config, step)
-            budget_term = config.penalty * torch.relu(domain_costs - target).pow(2).sum()
-            share = sharing_loss(config.sharing, masks, share_weights)
-            gamma = (
-                torch.exp(log_gamma) if config.learnable_sharing_weight else config.sharing_weight
-            )
-            share_term = gamma * share
-            if config.learnable_sharing_weight:
-                # uncertainty weighting: gamma * L - log(gamma) keeps gamma from collapsing to 0
-                share_term = share_term - log_gamma
-            (budget_term + share_term).backward()
-            optimizer.step()
-            with torch.no_grad():
-                if config.learnable_sharing_weight:
-                    log_gamma.clamp_(max=math.log(100.0))
-            worst = float(domain_costs.detach().max())
-            share_value = float(share.detach())
-            history.append(
-                {
-                    "step": step,
-                    "ce": ce_sum,
-                    "share": share_value,
-                    "max_cost": worst,
-                    "acc": correct / count,
-                }
-            )
-            progress.update(
-                task,
-                advance=1,
-                stats=(
-                    f"ce {ce_sum:.3f} acc {correct / count:.3f} max cost {worst:.3f} "
-                    f"share {share_value:.3f} "
-                    f"{count / max(time.perf_counter() - t0, 1e-9):,.0f} img/s"
-                ),
-            )
+    history = train_steps(
+        model,
+        feeders,
+        optimizer,
+        config.steps,
+        f"budget {config.budget} {config.sharing}",
+        masks_for=switches.masks,
+        extra_loss=budget_and_sharing,
+        after_step=clamp_sharing_weight,
+    )
     hard = switches.hard_masks()
     projected = []
     for k in range(len(domains)):
@@ -318,132 +284,15 @@ def _finetune_projected(trained: TrainedModel) -> None:
     todo = [k for k, removed in enumerate(trained.projected_channels) if removed]
     if not todo or trained.config.finetune_steps == 0:
         return
-    model = trained.model
-    optimizer = torch.optim.Adam(model.domain_parameters(), lr=trained.config.lr_domain)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
+    config = trained.config
+    optimizer = torch.optim.Adam(trained.model.domain_parameters(), lr=config.lr_domain)
     for k in todo:
-        feeder = DomainFeeder(
-            trained.domains[k], trained.config.batch_size, trained.config.seed + 99 + k
+        feeder = DomainFeeder(trained.domains[k], config.batch_size, config.seed + 99 + k)
+        train_steps(
+            trained.model,
+            {k: feeder},
+            optimizer,
+            config.finetune_steps,
+            f"fine-tune {trained.domains[k].name}",
+            masks_for=trained.domain_masks,
         )
-        masks = trained.domain_masks(k)
-        for _ in range(trained.config.finetune_steps):
-            images, targets = feeder.next()
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(images, k, masks), targets).backward()
-            optimizer.step()
-
-
-@torch.inference_mode()
-def compact_logit_difference(
-    trained: TrainedModel, parts: CompactParts, split: str = "test"
-) -> dict[str, float]:
-    """Max |logit difference| between each domain's compact subnetwork and the masked model."""
-    model = trained.model.eval()
-    diffs = {}
-    for k, data in enumerate(trained.domains):
-        subnet = ResNet26(model.arch, [data.num_classes], [len(c) for c in parts.channels[k]])
-        subnet.load_state_dict(
-            subnet_state_dict(parts.domain_tensors[k], parts.shared, parts.channels[k])
-        )
-        subnet.eval()
-        worst = 0.0
-        for images, _ in iterate_eval(data, split, 256):
-            x = normalize_batch(images, data.mean, data.std)
-            delta = (subnet(x) - model(x, k, trained.domain_masks(k))).abs().max()
-            worst = max(worst, float(delta))
-        diffs[data.name] = worst
-    return diffs
-
-
-def artifact_target(model_store: Path, model_name: str, version: str | None) -> Path:
-    """``model_store/<name>/<version>`` (version defaults to a UTC timestamp); refuses an
-    existing folder so that a finished artifact is never overwritten."""
-    check_name("model name", model_name)
-    version = check_name("version", version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
-    target = Path(model_store) / model_name / version
-    if target.exists():
-        raise RunError(f"{target} already exists; choose another version")
-    return target
-
-
-def export_artifact(
-    trained: TrainedModel,
-    model_store: Path,
-    model_name: str,
-    version: str | None = None,
-) -> tuple[Path, dict[str, Any]]:
-    """Evaluate, prune and write ``model_store/<name>/<version>``; returns path and manifest."""
-    target = artifact_target(model_store, model_name, version)
-    version = target.name
-    model, arch, domains = trained.model, trained.model.arch, trained.domains
-    val = evaluate(model, domains, "val", trained.domain_masks)
-    test = evaluate(model, domains, "test", trained.domain_masks)
-    parts = prune_to_compact(model, trained.masks)
-    logit_diff = compact_logit_difference(trained, parts)
-    backbone = backbone_totals(arch)
-    compact = compact_totals(
-        arch,
-        parts.union_mid_channels,
-        [[len(c) for c in ch] for ch in parts.channels],
-        [d.num_classes for d in domains],
-    )
-    entries = []
-    for k, data in enumerate(domains):
-        mids = [len(c) for c in parts.channels[k]]
-        own = subnet_totals(arch, mids, data.num_classes)
-        part = subnet_totals(arch, mids)
-        entries.append(
-            {
-                "name": data.name,
-                "labels": data.labels,
-                "channels": parts.channels[k],
-                "image_size": arch.image_size,
-                "mean": list(data.mean),
-                "std": list(data.std),
-                "mid_channels": mids,
-                "params": own.params,
-                "macs": own.macs,
-                "params_fraction": part.params / backbone.params,
-                "macs_fraction": part.macs / backbone.macs,
-                "projected_channels": trained.projected_channels[k],
-                "val_accuracy": val[data.name],
-                "test_accuracy": test[data.name],
-                "max_compact_logit_diff": logit_diff[data.name],
-            }
-        )
-    manifest = {
-        "model_name": model_name,
-        "version": version,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command_line(),
-        "architecture": arch.to_dict(),
-        "compact_mid_channels": parts.union_mid_channels,
-        "compact_channel_origin": parts.union_origin,
-        "budget": trained.config.budget,
-        "budget_metric": trained.config.budget_metric,
-        "sharing": {
-            "variant": trained.config.sharing,
-            "weight": trained.config.sharing_weight,
-            "learnable_weight": trained.config.learnable_sharing_weight,
-        },
-        "backbone": {
-            "params": backbone.params,
-            "macs": backbone.macs,
-            "run": str(trained.backbone_dir),
-        },
-        "compact": {"params": compact.params, "params_fraction": compact.params / backbone.params},
-        "mean_val_accuracy": mean(val),
-        "mean_test_accuracy": mean(test),
-        "training": {
-            "config": asdict(trained.config),
-            "wall_time_s": round(trained.wall_time_s, 2),
-        },
-        "domains": entries,
-    }
-    write_artifact(target, manifest, parts.shared, parts.domain_tensors)
-    console.print(
-        f"exported {target}: compact params {compact.params:,} = "
-        f"{compact.params / backbone.params:.3f} x backbone; mean test accuracy {mean(test):.4f}"
-    )
-    return target, manifest

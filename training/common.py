@@ -1,14 +1,13 @@
-"""Pieces shared by backbone pre-training and budget-aware training."""
+"""Pieces shared by backbone pre-training and budget-aware training: seeding, the progress bar,
+weight files, evaluation and BatchNorm recalibration."""
 
 from __future__ import annotations
 
-import json
 import random
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,10 +23,20 @@ from rich.progress import (
 from safetensors.torch import save_file
 from torch import Tensor
 
+from multidomain.files import atomic_path
 from multidomain.network import ResNet26
 from multidomain.preprocess import normalize_batch
-from training.data import DomainBatches, DomainData, iterate_eval, train_augment
-from training.files import atomic_path
+from training.data import DomainData, DomainFeeder, iterate_eval
+
+__all__ = [
+    "command_line",
+    "console",
+    "evaluate",
+    "recalibrate_batchnorm",
+    "seed_everything",
+    "training_progress",
+    "write_tensors",
+]
 
 console = Console(stderr=True)
 
@@ -57,29 +66,9 @@ def training_progress() -> Progress:
     )
 
 
-def write_json(target: Path, data: Any) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-
-
 def write_tensors(target: Path, tensors: Mapping[str, Tensor]) -> None:
     with atomic_path(target) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-
-
-class DomainFeeder:
-    """Endless, seeded, augmented and normalised training batches of one domain."""
-
-    def __init__(self, data: DomainData, batch_size: int, seed: int) -> None:
-        self.data = data
-        self.batch_size = batch_size
-        self.batches = DomainBatches(data, "train", seed=seed)
-        self.generator = torch.Generator().manual_seed(seed + 1)
-
-    def next(self) -> tuple[Tensor, Tensor]:
-        images, targets = self.batches.next_batch(self.batch_size)
-        images = train_augment(images, self.data.allow_flip, self.generator)
-        return normalize_batch(images, self.data.mean, self.data.std), targets
 
 
 @torch.inference_mode()
@@ -135,7 +124,3 @@ def recalibrate_batchnorm(
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
     model.train(was_training)
-
-
-def mean(values: Mapping[str, float]) -> float:
-    return sum(values.values()) / max(len(values), 1)

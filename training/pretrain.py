@@ -7,7 +7,6 @@ interleaved in every step. Writes ``backbone.safetensors`` + ``backbone.json`` a
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -17,31 +16,28 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from torch import nn
 
 from multidomain.arch import ArchSpec
 from multidomain.costs import backbone_totals
-from multidomain.network import ResNet26
-from training.common import (
-    DomainFeeder,
-    console,
-    evaluate,
-    mean,
-    seed_everything,
-    training_progress,
-    write_json,
-    write_tensors,
-)
-from training.data import DomainData
+from multidomain.files import read_json, write_json
+from multidomain.network import ResNet26, domain_tensor_name
+from multidomain.stats import mean
+from training.checkpoint import remove_checkpoint, resume_checkpoint, write_checkpoint
+from training.common import console, evaluate, seed_everything, write_tensors
+from training.data import DomainData, DomainFeeder
+from training.errors import RunError
+from training.loop import train_steps
+
+__all__ = [
+    "BACKBONE_RECORD",
+    "BACKBONE_WEIGHTS",
+    "PretrainConfig",
+    "load_backbone",
+    "pretrain_backbone",
+]
 
 BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_RECORD = "backbone.json"
-CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
-CHECKPOINT_RECORD = "checkpoint.json"
-
-
-class RunError(ValueError):
-    """A run directory or checkpoint that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,7 @@ def load_backbone(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
     weights_path = Path(run_dir) / BACKBONE_WEIGHTS
     if not record_path.is_file() or not weights_path.is_file():
         raise RunError(f"no finished backbone in {run_dir} (expected {BACKBONE_RECORD})")
-    record = json.loads(record_path.read_text())
+    record = read_json(record_path, RunError)
     return record, load_file(str(weights_path))
 
 
@@ -86,9 +82,7 @@ def pretrain_backbone(
     if init_from is not None:
         _, weights = load_backbone(init_from)
         own = model.state_dict()
-        shared = {
-            k: v for k, v in weights.items() if k in own and "bn" not in k and "heads" not in k
-        }
+        shared = {k: v for k, v in weights.items() if k in own and domain_tensor_name(k) is None}
         for k, v in shared.items():
             if own[k].shape != v.shape:
                 raise RunError(f"{init_from}: tensor {k} has another architecture's shape")
@@ -111,7 +105,7 @@ def pretrain_backbone(
     }
     finished = run_dir / BACKBONE_RECORD
     if finished.is_file():
-        record = json.loads(finished.read_text())
+        record = read_json(finished, RunError)
         if {k: record.get(k) for k in identity} != identity:
             raise RunError(
                 f"{run_dir} already holds a backbone of another configuration; "
@@ -119,115 +113,49 @@ def pretrain_backbone(
             )
         console.print(f"reusing the finished backbone in {run_dir}")
         return dict(record)
-    start_step, elapsed = _resume(run_dir, identity, model, optimizer, scheduler)
-    feeders = [
-        DomainFeeder(d, config.batch_size, config.seed + 7 * k + start_step)
+    start_step, elapsed = resume_checkpoint(run_dir, identity, model, optimizer, scheduler)
+    feeders = {
+        k: DomainFeeder(d, config.batch_size, config.seed + 7 * k + start_step)
         for k, d in enumerate(domains)
-    ]
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
+    }
     started = time.perf_counter() - elapsed
-    seen = 0
-    with training_progress() as progress:
-        task = progress.add_task("pretrain", total=config.steps, completed=start_step, stats="")
-        for step in range(start_step, config.steps):
-            t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum, correct, count = 0.0, 0, 0
-            for index, feeder in enumerate(feeders):
-                images, targets = feeder.next()
-                logits = model(images, index)
-                loss = loss_fn(logits, targets) / len(feeders)
-                loss.backward()
-                loss_sum += loss.item()
-                correct += int((logits.argmax(1) == targets).sum())
-                count += int(targets.numel())
-            optimizer.step()
-            scheduler.step()
-            seen += count
-            rate = count / max(time.perf_counter() - t0, 1e-9)
-            progress.update(
-                task,
-                advance=1,
-                stats=f"loss {loss_sum:.3f} acc {correct / count:.3f} {rate:,.0f} img/s",
-            )
-            done = step + 1
-            if done % config.checkpoint_every == 0 and done < config.steps:
-                _save_checkpoint(
-                    run_dir, identity, done, time.perf_counter() - started, model, optimizer
-                )
+
+    def checkpoint(done: int) -> None:
+        elapsed_s = time.perf_counter() - started
+        write_checkpoint(run_dir, identity, done, elapsed_s, model, optimizer)
+
+    train_steps(
+        model,
+        feeders,
+        optimizer,
+        config.steps,
+        "pretrain",
+        after_step=lambda _: scheduler.step(),
+        start_step=start_step,
+        checkpoint=checkpoint,
+        checkpoint_every=config.checkpoint_every,
+    )
     wall = time.perf_counter() - started
     val = evaluate(model, domains, "val")
     test = evaluate(model, domains, "test")
     totals = backbone_totals(arch)
+    mean_test = mean(test.values())
     record = {
         **identity,
         "labels": {d.name: d.labels for d in domains},
         "val_accuracy": val,
         "test_accuracy": test,
-        "mean_test_accuracy": mean(test),
+        "mean_test_accuracy": mean_test,
         "backbone_params": totals.params,
         "backbone_macs": totals.macs,
         "wall_time_s": round(wall, 2),
     }
     write_tensors(run_dir / BACKBONE_WEIGHTS, model.state_dict())
     write_json(run_dir / BACKBONE_RECORD, record)
-    (run_dir / CHECKPOINT_WEIGHTS).unlink(missing_ok=True)
-    (run_dir / CHECKPOINT_RECORD).unlink(missing_ok=True)
+    remove_checkpoint(run_dir)
     console.print(
-        f"backbone: mean test accuracy {mean(test):.4f} "
+        f"backbone: mean test accuracy {mean_test:.4f} "
         + " ".join(f"{k}={v:.3f}" for k, v in test.items())
         + f" | {totals.params:,} params, {totals.macs:,} MACs, {wall:.0f}s"
     )
     return record
-
-
-def _save_checkpoint(
-    run_dir: Path,
-    identity: dict[str, Any],
-    step: int,
-    elapsed: float,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    names = {id(p): n for n, p in model.named_parameters()}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            buf = optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                tensors[f"momentum.{names[id(p)]}"] = buf
-    write_tensors(run_dir / CHECKPOINT_WEIGHTS, tensors)
-    write_json(run_dir / CHECKPOINT_RECORD, {**identity, "step": step, "elapsed_s": elapsed})
-
-
-def _resume(
-    run_dir: Path,
-    identity: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LambdaLR,
-) -> tuple[int, float]:
-    record_path = run_dir / CHECKPOINT_RECORD
-    if not record_path.is_file():
-        return 0, 0.0
-    record = json.loads(record_path.read_text())
-    if {k: record.get(k) for k in identity} != identity:
-        raise RunError(
-            f"{run_dir} holds a checkpoint of another configuration; use a new run directory "
-            "or delete the checkpoint"
-        )
-    tensors = load_file(str(run_dir / CHECKPOINT_WEIGHTS))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    params = dict(model.named_parameters())
-    for key, buf in tensors.items():
-        if key.startswith("momentum."):
-            optimizer.state[params[key[9:]]]["momentum_buffer"] = buf.clone()
-    step = int(record["step"])
-    scheduler.last_epoch = step  # continue the schedule where the checkpoint left it
-    for group, base_lr, factor in zip(
-        optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
-    ):
-        group["lr"] = base_lr * factor(step)
-    console.print(f"resuming {run_dir} from step {step}")
-    return step, float(record.get("elapsed_s", 0.0))

@@ -19,11 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
+from devtools.torchserve_local import LocalTorchServe
 from multidomain.artifact import load_artifact
 from multidomain.preprocess import eval_transform
-from service.torchserve_export import TorchServeModelConfig, export_mar
-from service.torchserve_local import LocalTorchServe
 from tests.artifacts import TINY_DOMAINS, write_tiny_artifact
+from torchserving.export import TorchServeModelConfig, export_mar
 
 pytestmark = pytest.mark.integration
 

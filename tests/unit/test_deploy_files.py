@@ -35,7 +35,15 @@ DOCKER = ROOT / "docker"
 SERVICE_DOCKERFILE = DOCKER / "service.Dockerfile"
 TRAINER_DOCKERFILE = DOCKER / "trainer.Dockerfile"
 DOCKERFILES = [SERVICE_DOCKERFILE, TRAINER_DOCKERFILE]
-PACKAGES = ("multidomain", "training", "service", "mdprune")
+PACKAGES = (
+    "multidomain",
+    "training",
+    "reporting",
+    "service",
+    "torchserving",
+    "devtools",
+    "mdprune",
+)
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
 EXPECTED_SERVICES = {"trainer", "service", "prometheus", "grafana", "mar-export", "torchserve"}
 
@@ -151,8 +159,8 @@ def test_torch_is_cpu_only_and_pinned(dockerfile: list[Instruction]) -> None:
     assert args.get("TORCH_INDEX_URL") == "https://download.pytorch.org/whl/cpu"
     assert "--index-url" in runs[0] and "${TORCH_INDEX_URL}" in runs[0]
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["TORCH_VERSION"] or ""), args
-    assert re.fullmatch(r"\d+\.\d+\.\d+", args["TORCHVISION_VERSION"] or ""), args
-    # an empty TORCHVISION_VERSION leaves torchvision out
+    # the code does not need torchvision: none unless a version is asked for
+    assert args["TORCHVISION_VERSION"] == "", args
     assert "${TORCHVISION_VERSION:+" in runs[0]
 
 
@@ -330,9 +338,9 @@ def test_service_image_shape() -> None:
     assert env["MDP_PORT"] == "8000"
     (health,) = [i for i in instructions if i.keyword == "HEALTHCHECK"]
     assert "/readyz" in " ".join(health.exec_form())
-    # the code is copied without `training`: the service never imports it
-    copied = " ".join(i.args for i in instructions if i.keyword == "COPY")
-    assert "training" not in copied
+    # only what serving needs: the service never imports these
+    copied = {source.rstrip("/") for _, source in copied_sources(instructions)}
+    assert copied & set(PACKAGES) == {"multidomain", "service", "mdprune"}, copied
 
 
 def test_trainer_entry_point_matches_the_cli() -> None:
@@ -357,6 +365,24 @@ def test_trainer_entry_point_matches_the_cli() -> None:
     assert workdirs[-1] == "/work"
     chowns = " ".join(i.args for i in instructions if i.keyword == "RUN" and "chown" in i.args)
     assert "/work" in chowns and "/models" in chowns
+
+
+def test_trainer_image_packages() -> None:
+    """Training, reports and the TorchServe export (compose's `mar-export` runs
+    `mdprune torchserve-export` in this image); neither the service nor the test tooling."""
+    copied = {
+        source.rstrip("/") for _, source in copied_sources(parse_dockerfile(TRAINER_DOCKERFILE))
+    }
+    assert copied & set(PACKAGES) == {
+        "multidomain",
+        "training",
+        "reporting",
+        "torchserving",
+        "mdprune",
+    }
+    services = compose_config()["services"]
+    assert services["mar-export"]["image"] == services["trainer"]["image"]
+    assert services["mar-export"]["entrypoint"][:2] == ["mdprune", "torchserve-export"]
 
 
 def dockerignore_patterns() -> set[str]:

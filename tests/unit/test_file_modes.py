@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from multidomain.artifact import MANIFEST_FILE, WEIGHTS_FILE, current_umask, load_artifact
+from multidomain.artifact import MANIFEST_FILE, WEIGHTS_FILE, load_artifact
+from multidomain.files import atomic_path, current_umask
 from tests.artifacts import write_tiny_artifact
-from tests.unit.test_training import ARCH, synthetic_domain
-from training.files import atomic_path
+from tests.unit.training.synthetic import ARCH, synthetic_domain
 from training.pretrain import PretrainConfig, pretrain_backbone
 
 

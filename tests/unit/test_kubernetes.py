@@ -19,7 +19,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
-from service.app import router
+from service.routes import router
 from service.settings import ServiceSettings, load_settings
 from tests.kustomize import (
     KustomizeError,

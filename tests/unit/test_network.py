@@ -1,7 +1,8 @@
 import torch
 
 from multidomain.arch import ArchSpec
-from multidomain.network import ChannelSwitches, ResNet26, ste_binarize
+from multidomain.artifact import split_state_dict
+from multidomain.network import ChannelSwitches, ResNet26, domain_tensor_name, ste_binarize
 
 ARCH = ArchSpec(width_mult=0.125, image_size=16)
 
@@ -51,3 +52,25 @@ def test_switched_off_channel_is_removed_from_computation() -> None:
         reference = model(x, 0, switches.masks(0))
         model.blocks[4].conv1.weight[2].normal_()  # the switched-off filter no longer matters
         assert torch.allclose(model(x, 0, switches.masks(0)), reference)
+
+
+def test_domain_tensor_names_tell_bn_sets_and_heads_from_shared_tensors() -> None:
+    model = ResNet26(ARCH, [3, 5])
+    names = list(model.state_dict())
+    per_domain = {n: domain_tensor_name(n) for n in names}
+    shared = [n for n, parsed in per_domain.items() if parsed is None]
+    assert shared and all(".conv" in n for n in shared)
+    assert domain_tensor_name("blocks.3.bn1.2.running_var") == ("blocks.3.bn1", 2, "running_var")
+    assert domain_tensor_name("blocks.3.shortcut.bn.0.weight") == (
+        "blocks.3.shortcut.bn",
+        0,
+        "weight",
+    )
+    head = domain_tensor_name("heads.1.bias")
+    assert head is not None and head.is_head and head.for_domain(0) == "heads.0.bias"
+    for name, parsed in per_domain.items():
+        if parsed is not None:  # every per-domain tensor exists for every domain
+            assert all(parsed.for_domain(k) in names for k in range(model.num_domains)), name
+    shared_split, domains = split_state_dict(model.state_dict())
+    assert sorted(shared_split) == sorted(shared)
+    assert len(domains) == model.num_domains

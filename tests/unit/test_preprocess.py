@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +20,13 @@ from multidomain.preprocess import (
     eval_resize,
     eval_transform,
     normalize_batch,
+)
+from tests.hostile_images import (
+    frames,
+    gif_with_sizes,
+    jpeg_with_header_size,
+    png_with_header_size,
+    tiff_with_header_size,
 )
 
 MEAN = (0.485, 0.456, 0.406)
@@ -97,17 +104,8 @@ def test_decode_image_roundtrip(fmt: str) -> None:
     assert image.mode == "RGB"
 
 
-def _png_with_header_size(width: int, height: int) -> bytes:
-    """A real 1x1 PNG whose IHDR (with a valid CRC) claims width x height pixels."""
-    data = bytearray(_encode(Image.new("L", (1, 1)), "PNG"))
-    assert data[12:16] == b"IHDR"
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
-    return bytes(data)
-
-
 def test_decode_image_pixel_bomb_refused_from_header() -> None:
-    bomb = _png_with_header_size(5_000, 5_000)
+    bomb = png_with_header_size(5_000, 5_000)
     # Decoding must fail (the data holds one pixel), so ImageTooLargeError proves the size
     # check ran on the header, before any decoding.
     with pytest.raises(ImageTooLargeError, match="5000x5000"):
@@ -116,7 +114,7 @@ def test_decode_image_pixel_bomb_refused_from_header() -> None:
         decode_image(bomb, max_pixels=5_000 * 5_000)
     # Far beyond PIL's own bomb limit: refused as too large as well, never decoded.
     with pytest.raises(ImageTooLargeError):
-        decode_image(_png_with_header_size(20_000, 20_000), max_pixels=1_000_000)
+        decode_image(png_with_header_size(20_000, 20_000), max_pixels=1_000_000)
 
 
 def test_decode_image_limit_on_real_image() -> None:
@@ -152,3 +150,104 @@ def test_decode_image_applies_exif_orientation() -> None:
     exif[0x0112] = 6  # rotate 90 degrees clockwise for display
     data = _encode(_noise((40, 20)), "JPEG", exif=exif.tobytes())
     assert decode_image(data, max_pixels=10_000).size == (20, 40)
+
+
+# geometry: torchvision's pixels, bounded intermediates ----------------------------------------
+
+
+def _reference(image: Image.Image, size: int) -> torch.Tensor:
+    transforms = v2.Compose(
+        [v2.RGB(), v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToImage()]
+    )
+    return transforms(image).as_subclass(torch.Tensor)
+
+
+@pytest.mark.parametrize("size", [(57, 43), (43, 57), (200, 51), (51, 203), (640, 480), (33, 32)])
+@pytest.mark.parametrize("image_size", [16, 32])
+def test_eval_resize_bit_identical_to_torchvision_up_to_aspect_4(
+    size: tuple[int, int], image_size: int
+) -> None:
+    image = _noise(size, seed=size[0])
+    assert torch.equal(eval_resize(image_size)(image), _reference(image, image_size))
+
+
+@pytest.mark.parametrize("size", [(600, 20), (20, 600), (5000, 7), (3, 40_000)])
+def test_eval_resize_strips_within_one_level_of_torchvision(size: tuple[int, int]) -> None:
+    # Beyond aspect 4 only the source region under the crop is resized (Pillow's box= takes
+    # float32 coordinates, hence at most one level of difference).
+    width, height = size
+    x = np.linspace(0, 255, width)[None, :, None]
+    y = np.linspace(0, 255, height)[:, None, None]
+    pixels = np.concatenate([x + 0 * y, 0 * x + y, (x + y) / 2], axis=2).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    got = eval_resize(16)(image).to(torch.int16)
+    diff = (got - _reference(image, 16).to(torch.int16)).abs()
+    assert diff.max().item() <= 1
+
+
+# multi-frame images: the first frame -----------------------------------------------------------
+
+
+def _first_pixel(data: bytes) -> list[int]:
+    image = decode_image(data, max_pixels=10_000)
+    return eval_resize(8)(image)[:, 4, 4].tolist()
+
+
+def test_gif_first_frame_with_its_transparency() -> None:
+    first = Image.new("P", (16, 16), 1)
+    first.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    first.paste(0, (0, 0, 16, 8))  # top half red, bottom half transparent (index 1)
+    second = Image.new("P", (16, 16), 0)
+    second.putpalette([0, 255, 0] + [0] * 765)
+    data = frames("GIF", [first, second], transparency=1, disposal=1)
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    image = decode_image(data, max_pixels=10_000)
+    pixels = eval_resize(16)(image)
+    assert pixels[:, 2, 8].tolist() == [255, 0, 0]
+    assert pixels[:, 12, 8].tolist() == [255, 255, 255]  # transparent: the white background
+
+
+def test_tiff_first_page() -> None:
+    first = Image.fromarray(np.full((8, 8), 257 * 100, dtype=np.uint16))  # I;16
+    second = Image.new("RGB", (8, 8), (0, 0, 255))
+    data = frames("TIFF", [first, second])
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    assert _first_pixel(data) == [100, 100, 100]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])  # APNG, animated WebP
+def test_animation_first_frame(fmt: str) -> None:
+    first = Image.new("RGBA", (8, 8), (200, 0, 0, 255))
+    second = Image.new("RGBA", (8, 8), (0, 0, 200, 255))
+    data = frames(fmt, [first, second], lossless=True)
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    assert _first_pixel(data) == [200, 0, 0]
+
+
+# small files that declare huge images ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (jpeg_with_header_size(8_000, 8_000), "8000x8000"),
+        (jpeg_with_header_size(65_000, 65_000), "limit 16777216"),
+        (gif_with_sizes((8_000, 8_000), (4, 4)), "8000x8000"),
+        (gif_with_sizes((65_535, 65_535), (4, 4)), "limit 16777216"),
+        (gif_with_sizes((4, 4), (8_000, 8_000)), "8000x8000"),  # frame beyond the screen
+        (tiff_with_header_size(8_000, 8_000), "8000x8000"),
+        (tiff_with_header_size(100_000, 100_000), "limit 16777216"),
+    ],
+    ids=["jpeg", "jpeg-huge", "gif", "gif-huge", "gif-frame", "tiff", "tiff-huge"],
+)
+def test_decode_image_small_file_huge_header_refused(data: bytes, message: str) -> None:
+    assert len(data) < 1_000
+    with pytest.raises(ImageTooLargeError, match=message):
+        decode_image(data, max_pixels=4096 * 4096)
+
+
+def test_preprocessing_needs_no_torchvision() -> None:
+    # torchvision is only the reference in tests; importing it costs the service ~160 MiB RSS.
+    code = "import sys, multidomain.preprocess; print('torchvision' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -3,7 +3,8 @@
 The archive holds, at its top level (TorchServe unpacks it into the worker's model dir, which is
 first on the worker's ``sys.path``):
 
-* ``torchserve_handler.py``: :mod:`service.torchserve_handler`, the entry point;
+* ``torchserve_handler.py``: a copy of :mod:`torchserving.handler`, the entry point (it imports
+  only ``multidomain``, so nothing else of this project needs to be in the archive);
 * ``weights.safetensors`` and ``manifest.json``: the artifact, verified again when a worker loads
   it;
 * ``multidomain/``: a copy of the package the handler imports, so the archive is self-contained
@@ -26,9 +27,14 @@ from pathlib import Path
 
 import multidomain
 from multidomain.artifact import MANIFEST_FILE, WEIGHTS_FILE, check_name, load_artifact
-from service import torchserve_handler
+from multidomain.serving import DEFAULTS
+from torchserving import handler
+
+__all__ = ["CONFIG_FILE", "HANDLER_FILE", "TorchServeModelConfig", "export_mar"]
 
 CONFIG_FILE = "model-config.yaml"
+#: The handler's name in the archive (and so its module name in the worker).
+HANDLER_FILE = "torchserve_handler.py"
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,9 @@ class TorchServeModelConfig:
     max_batch_delay_ms: int = 5  # maxBatchDelay: how long a batch waits to fill
     workers: int = 1  # minWorkers = maxWorkers: worker processes (one model copy each)
     response_timeout_s: int = 120  # responseTimeout
-    torch_threads: int = torchserve_handler.DEFAULT_TORCH_THREADS  # per worker
-    max_image_pixels: int = torchserve_handler.DEFAULT_MAX_IMAGE_PIXELS
-    default_top_k: int = torchserve_handler.DEFAULT_TOP_K
+    torch_threads: int = DEFAULTS.torch_threads  # per worker
+    max_image_pixels: int = DEFAULTS.max_image_pixels
+    default_top_k: int = DEFAULTS.default_top_k
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -51,7 +57,7 @@ class TorchServeModelConfig:
 
     def to_yaml(self) -> str:
         return (
-            "# TorchServe model config, written by service/torchserve_export.py\n"
+            "# TorchServe model config, written by torchserving/export.py\n"
             f"minWorkers: {self.workers}\n"
             f"maxWorkers: {self.workers}\n"
             f"batchSize: {self.batch_size}\n"
@@ -84,6 +90,7 @@ def export_mar(
         staging = Path(tmp)
         package = staging / "extra"
         _copy_package(package / "multidomain")
+        shutil.copy2(handler.__file__, staging / HANDLER_FILE)
         (staging / CONFIG_FILE).write_text(config.to_yaml(), encoding="utf-8")
         extra = [artifact_dir / WEIGHTS_FILE, artifact_dir / MANIFEST_FILE, package]
         for path in extra:
@@ -98,7 +105,7 @@ def export_mar(
             "--version",
             artifact.version,
             "--handler",
-            str(Path(torchserve_handler.__file__).resolve()),
+            str((staging / HANDLER_FILE).resolve()),
             "--extra-files",
             ",".join(str(p.resolve()) for p in extra),
             "--config-file",

@@ -1,9 +1,11 @@
 """TorchServe custom handler: the same multi-domain artifact the FastAPI service serves.
 
-Packaged by :func:`service.torchserve_export.export_mar` into ``<name>.mar`` together with the
-artifact (``weights.safetensors`` + ``manifest.json``) and a copy of the ``multidomain`` package,
-so the worker needs no project install: only torch, torchvision, safetensors and Pillow.
-This module imports nothing from FastAPI or pydantic for the same reason.
+Packaged by :func:`torchserving.export.export_mar` into ``<name>.mar`` (as
+``torchserve_handler.py``) together with the artifact (``weights.safetensors`` +
+``manifest.json``) and a copy of the ``multidomain`` package, so the worker needs no project
+install: only torch, safetensors, numpy and Pillow. For the same reason this module imports
+only ``multidomain`` (its serving core, :mod:`multidomain.serving`, is shared with the FastAPI
+service): nothing from FastAPI, pydantic, ``service`` or the rest of ``torchserving``.
 
 Requests (``POST /predictions/<model>``), the domain taken from the request:
 
@@ -24,13 +26,16 @@ Bad input answers with its own 4xx status and the service's error body
 does not fail the others. Codes: no domain 400, unknown domain 404, unsupported media type 415,
 undecodable image or too many pixels 422, invalid ``top_k`` 422.
 
-TorchServe batches requests of every domain together; :meth:`MultiDomainHandler.handle` groups
-a batch by domain and runs each domain's compact subnetwork once on its group.
+TorchServe batches requests of every domain together; :meth:`MultiDomainHandler.handle` decodes
+each request (``preprocess``), groups the batch by domain, runs each domain's compact subnetwork
+once on its group (``predict``) and answers each request (``encode``): the FastAPI service's
+three steps under the same names.
 
-Settings: the ``handler:`` section of the archive's model config (written at export time), each
-overridden by the same ``MDP_*`` environment variable the FastAPI service reads:
-``torch_threads`` (``MDP_TORCH_THREADS``, default 2), ``max_image_pixels``
-(``MDP_MAX_IMAGE_PIXELS``, default 4096*4096), ``default_top_k`` (default 5).
+Settings (:class:`multidomain.serving.ServingSettings`, with the FastAPI service's names and
+defaults): the ``handler:`` section of the archive's model config (written at export time), each
+overridden by its ``MDP_*`` environment variable: ``torch_threads`` (``MDP_TORCH_THREADS``,
+default 1) and ``max_image_pixels`` (``MDP_MAX_IMAGE_PIXELS``, default 4096*4096), which the
+FastAPI service reads too, and ``default_top_k`` (``MDP_DEFAULT_TOP_K``, default 5).
 """
 
 from __future__ import annotations
@@ -40,35 +45,42 @@ import binascii
 import gc
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
-from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 import multidomain
-from multidomain.artifact import Artifact, DomainEntry, load_artifact
-from multidomain.preprocess import (
-    ImageDecodeError,
-    ImageTooLargeError,
-    decode_to_input,
-    eval_resize,
+from multidomain.artifact import load_artifact
+from multidomain.preprocess import ImageDecodeError, ImageTooLargeError
+from multidomain.serving import (
+    ServedArtifact,
+    ServedDomain,
+    ServingSettings,
+    UnknownDomainError,
+    class_probabilities,
+    error_body,
 )
+
+__all__ = [
+    "DOMAIN_HEADER",
+    "TOP_K_HEADER",
+    "HandlerConfig",
+    "MultiDomainHandler",
+    "RequestError",
+    "TorchServeContext",
+    "handle",
+]
 
 logger = logging.getLogger(__name__)
 
 DOMAIN_HEADER = "x-domain"
 TOP_K_HEADER = "x-top-k"
-DEFAULT_TOP_K = 5
-DEFAULT_TORCH_THREADS = 1
-DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
-ENV_PREFIX = "MDP_"
 #: Parameter names TorchServe gives the image: the raw body, or a multipart field.
 IMAGE_FIELDS = ("body", "file", "data")
 #: Raw-body media types read as an image (besides ``image/*``).
@@ -102,7 +114,7 @@ class RequestError(Exception):
         self.message = message
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.status, "type": self.type, "message": self.message}}
+        return error_body(self.status, self.type, self.message)
 
 
 _INTERNAL = RequestError(500, "internal", "internal error")
@@ -112,45 +124,16 @@ def _malformed(message: str) -> RequestError:
     return RequestError(400, "malformed_request", message)
 
 
-@dataclass(frozen=True)
-class HandlerConfig:
-    torch_threads: int = DEFAULT_TORCH_THREADS
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-    default_top_k: int = DEFAULT_TOP_K
+class HandlerConfig(ServingSettings):
+    """The serving settings from the model config's ``handler:`` section, ``MDP_<NAME>``
+    variables overriding it."""
 
-    @classmethod
-    def load(
-        cls, section: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None
-    ) -> HandlerConfig:
-        """From the model config's ``handler:`` section, ``MDP_<NAME>`` variables overriding it.
-        Raises ``ValueError`` naming a bad value."""
-        environ = os.environ if environ is None else environ
-        section = section or {}
-        values: dict[str, int] = {}
-        for name in ("torch_threads", "max_image_pixels", "default_top_k"):
-            env_name = f"{ENV_PREFIX}{name.upper()}"
-            raw: Any = environ.get(env_name, section.get(name, getattr(cls, name)))
-            where = env_name if env_name in environ else f"handler.{name}"
-            try:
-                value = int(raw)
-            except (TypeError, ValueError):
-                raise ValueError(f"{where}: expected an integer >= 1, got {raw!r}") from None
-            if isinstance(raw, bool) or value < 1 or str(value) != str(raw).strip():
-                raise ValueError(f"{where}: expected an integer >= 1, got {raw!r}")
-            values[name] = value
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class _Domain:
-    entry: DomainEntry
-    network: nn.Module
-    transform: Callable[[Image.Image], Tensor]
+    SECTION: ClassVar[str] = "handler"
 
 
 @dataclass(frozen=True)
 class _Request:
-    domain: _Domain
+    domain: ServedDomain
     image: bytes
     top_k: int
 
@@ -161,9 +144,11 @@ class MultiDomainHandler:
     def __init__(self) -> None:
         self.initialized = False
         self.config = HandlerConfig()
-        self.model_name = ""
-        self.version = ""
-        self.domains: dict[str, _Domain] = {}
+        self.model: ServedArtifact | None = None
+
+    @property
+    def domains(self) -> Mapping[str, ServedDomain]:
+        return {} if self.model is None else self.model.domains
 
     def initialize(self, context: TorchServeContext) -> None:
         """Verify and load the artifact in the model dir, build every domain's compact
@@ -174,25 +159,21 @@ class MultiDomainHandler:
         self.config = HandlerConfig.load(section if isinstance(section, dict) else None)
         torch.set_num_threads(self.config.torch_threads)
         model_dir = Path(str(context.system_properties["model_dir"]))
-        artifact: Artifact = load_artifact(model_dir)
-        self.model_name, self.version = artifact.name, artifact.version
-        domains = {}
-        for entry in artifact.domains:
-            size = entry.image_size
-            network = artifact.served_network(entry.name)
-            with torch.inference_mode():
-                network(torch.zeros(1, 3, size, size, dtype=torch.uint8))  # warm-up
-            domains[entry.name] = _Domain(entry, network, eval_resize(size))
-        self.domains = domains
+        model = ServedArtifact.build(load_artifact(model_dir))
+        for domain in model.domains.values():  # warm-up
+            class_probabilities(
+                domain.network, torch.zeros(1, *domain.input_shape, dtype=domain.input_dtype)
+            )
+        self.model = model
         self.initialized = True
         gc.collect()  # the loaded model lives as long as the worker: no full collector passes
         gc.freeze()  # over it (they paused requests for ~200 ms in the FastAPI service)
         logger.info(
             "loaded %s %s from %s: domains %s, torch threads %d, in %.2f s (multidomain from %s)",
-            self.model_name,
-            self.version,
+            model.name,
+            model.version,
             model_dir,
-            ", ".join(domains),
+            ", ".join(model.domains),
             torch.get_num_threads(),
             time.perf_counter() - started,
             Path(multidomain.__file__).parent,
@@ -208,7 +189,7 @@ class MultiDomainHandler:
         for idx, row in enumerate(data):
             try:
                 request = self._parse(row, _headers(context, idx))
-                tensors[idx] = self._preprocess(request)
+                tensors[idx] = self.preprocess(request)
                 requests[idx] = request
             except RequestError as exc:
                 responses[idx] = self._fail(context, idx, exc)
@@ -217,7 +198,7 @@ class MultiDomainHandler:
                 responses[idx] = self._fail(context, idx, _INTERNAL)
         groups: dict[str, list[int]] = {}
         for idx, request in requests.items():
-            groups.setdefault(request.domain.entry.name, []).append(idx)
+            groups.setdefault(request.domain.name, []).append(idx)
         logger.debug(
             "batch of %d: %s, %d rejected",
             len(data),
@@ -227,17 +208,43 @@ class MultiDomainHandler:
         for name, indices in groups.items():
             domain = self.domains[name]
             try:
-                with torch.inference_mode():
-                    batch = torch.stack([tensors[i] for i in indices])
-                    probabilities = torch.softmax(domain.network(batch), dim=1)
+                probabilities = self.predict(domain, [tensors[i] for i in indices])
             except Exception:
                 logger.exception("forward pass of domain %s failed", name)
                 for idx in indices:
                     responses[idx] = self._fail(context, idx, _INTERNAL)
                 continue
             for idx, row in zip(indices, probabilities, strict=True):
-                responses[idx] = self._answer(context, idx, domain, row, requests[idx].top_k)
+                responses[idx] = self.encode(context, idx, domain, row, requests[idx].top_k)
         return [json.dumps(r, separators=_JSON_SEPARATORS) for r in responses]
+
+    def preprocess(self, request: _Request) -> Tensor:
+        """decode: the request's image -> its domain's uint8 input; ``RequestError`` 422."""
+        try:
+            return request.domain.preprocess(request.image, self.config.max_image_pixels)
+        except ImageTooLargeError as exc:
+            raise RequestError(422, "image_too_large", str(exc)) from None
+        except ImageDecodeError as exc:
+            raise RequestError(422, "bad_image", str(exc)) from None
+
+    @staticmethod
+    def predict(domain: ServedDomain, images: Sequence[Tensor]) -> Tensor:
+        """predict: class probabilities of one domain's images, one forward pass."""
+        return class_probabilities(domain.network, torch.stack(list(images)))
+
+    def encode(
+        self,
+        context: TorchServeContext,
+        idx: int,
+        domain: ServedDomain,
+        probabilities: Tensor,
+        top_k: int,
+    ) -> dict[str, Any]:
+        """encode: the answer to one request (the FastAPI service's ``PredictResponse``)."""
+        assert self.model is not None
+        context.set_response_status(200, "OK", idx)
+        context.set_response_content_type(idx, JSON_TYPE)
+        return self.model.answer(domain, probabilities, top_k)
 
     def _parse(self, row: Mapping[str, Any], headers: Mapping[str, str]) -> _Request:
         media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -264,7 +271,7 @@ class MultiDomainHandler:
             )
         return _Request(domain, image, top_k)
 
-    def _domain(self, header: str | None, field: Any, row: Mapping[str, Any]) -> _Domain:
+    def _domain(self, header: str | None, field: Any, row: Mapping[str, Any]) -> ServedDomain:
         if field is not None and not isinstance(field, str):
             raise _malformed("the JSON field 'domain' must be a string")
         if header is not None and field is not None and header.strip() != field:
@@ -277,14 +284,12 @@ class MultiDomainHandler:
             raise _malformed(
                 "no domain: send the header X-Domain (or the JSON or form field 'domain')"
             )
-        name = str(name).strip()
+        if self.model is None:
+            raise RuntimeError("the handler is not initialised")
         try:
-            return self.domains[name]
-        except KeyError:
-            known = ", ".join(sorted(self.domains))
-            raise RequestError(
-                404, "unknown_domain", f"unknown domain {name!r}; known domains: {known}"
-            ) from None
+            return self.model.domain(str(name).strip())
+        except UnknownDomainError as exc:
+            raise RequestError(404, "unknown_domain", str(exc)) from None
 
     def _top_k(self, raw: Any) -> int:
         if raw is None:
@@ -297,33 +302,6 @@ class MultiDomainHandler:
                 f"invalid request: top_k must be an integer >= 1, got {raw!r}",
             )
         return int(text)
-
-    def _preprocess(self, request: _Request) -> Tensor:
-        try:
-            return decode_to_input(
-                request.image, self.config.max_image_pixels, request.domain.transform
-            )
-        except ImageTooLargeError as exc:
-            raise RequestError(422, "image_too_large", str(exc)) from None
-        except ImageDecodeError as exc:
-            raise RequestError(422, "bad_image", str(exc)) from None
-
-    def _answer(
-        self, context: TorchServeContext, idx: int, domain: _Domain, row: Tensor, top_k: int
-    ) -> dict[str, Any]:
-        labels = domain.entry.labels
-        values, indices = torch.topk(row, min(top_k, len(labels)))
-        context.set_response_status(200, "OK", idx)
-        context.set_response_content_type(idx, JSON_TYPE)
-        return {
-            "model": self.model_name,
-            "version": self.version,
-            "domain": domain.entry.name,
-            "predictions": [
-                {"label": labels[i], "index": i, "probability": p}
-                for p, i in zip(values.tolist(), indices.tolist(), strict=True)
-            ],
-        }
 
     @staticmethod
     def _fail(context: TorchServeContext, idx: int, error: RequestError) -> dict[str, Any]:

@@ -27,8 +27,9 @@ from typing import IO, Any
 
 import psutil
 
-#: FastAPI service's default body limit (``MDP_MAX_BODY_BYTES``), used for TorchServe too.
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
+from multidomain.serving import MAX_BODY_BYTES
+
+__all__ = ["QUIET_LOG4J2", "LocalTorchServe", "Ports", "config_properties", "free_port"]
 
 #: log4j2 config for ``quiet_logs``: warnings and errors only, no access log. TorchServe's
 #: default logs every request several times (access log, frontend at debug level, console).
@@ -70,14 +71,17 @@ class Ports:
     inference: int
     management: int
     metrics: int
+    grpc_inference: int
+    grpc_management: int
 
     @classmethod
     def free(cls) -> Ports:
+        """Five distinct free ports: TorchServe also opens gRPC ports (7070/7071 unless told
+        otherwise), which collide when two instances run on one machine."""
         ports: set[int] = set()
-        while len(ports) < 3:
+        while len(ports) < 5:
             ports.add(free_port())
-        inference, management, metrics = sorted(ports)
-        return cls(inference, management, metrics)
+        return cls(*sorted(ports))
 
 
 def config_properties(
@@ -88,12 +92,16 @@ def config_properties(
         "inference_address": f"http://127.0.0.1:{ports.inference}",
         "management_address": f"http://127.0.0.1:{ports.management}",
         "metrics_address": f"http://127.0.0.1:{ports.metrics}",
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_management_address": "127.0.0.1",
+        "grpc_inference_port": str(ports.grpc_inference),
+        "grpc_management_port": str(ports.grpc_management),
         "metrics_mode": "prometheus",
         "disable_token_authorization": "true",
         "default_workers_per_model": str(workers),
         "model_store": str(Path(model_store).resolve()),
-        "max_request_size": str(MAX_REQUEST_BYTES),
-        "max_response_size": str(MAX_REQUEST_BYTES),
+        "max_request_size": str(MAX_BODY_BYTES),
+        "max_response_size": str(MAX_BODY_BYTES),
         "install_py_dep_per_model": "false",
         **(extra or {}),
     }

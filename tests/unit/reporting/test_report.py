@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from mdprune.cli import app
 from multidomain.arch import ArchSpec
-from training.report import build_report, channel_usage
+from reporting.build import build_report
+from reporting.channels import channel_usage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ARCH = ArchSpec(width_mult=0.125, image_size=16)

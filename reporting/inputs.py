@@ -1,0 +1,281 @@
+"""Reading what the report covers: artifact manifests, folders holding them and the results JSON
+of ``bench/budget_grid.py``. Only JSON is read (no weights, no hash check); optional fields a
+manifest lacks become ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from multidomain.files import read_json
+from multidomain.stats import mean
+from reporting.errors import ReportError
+
+__all__ = [
+    "MANIFEST_FILE",
+    "SHARING_ORDER",
+    "Reference",
+    "Run",
+    "as_mapping",
+    "collect_grid",
+    "collect_runs",
+    "run_from_grid_row",
+    "run_from_manifest",
+    "sharing_key",
+    "sort_runs",
+]
+
+MANIFEST_FILE = "manifest.json"
+SHARING_ORDER = ("none", "union", "intersection", "jaccard")  # training.sharing's order
+
+
+@dataclass
+class Run:
+    """One trained model, from its manifest or from a grid row."""
+
+    source: str
+    model_name: str
+    version: str
+    budget: float | None
+    budget_metric: str | None
+    sharing: str
+    sharing_weight: float | None
+    learnable_weight: bool | None
+    domains: list[str]
+    test_accuracy: dict[str, float | None]
+    mean_test_accuracy: float | None
+    compact_params_fraction: float | None
+    params_fraction: dict[str, float | None]
+    macs_fraction: dict[str, float | None]
+    wall_time_s: float | None
+    manifest: dict[str, Any] | None = None
+    budget_status: str = "unchecked"  # ok | over | unchecked
+    budget_notes: list[str] = field(default_factory=list)
+    channel_plot: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_name}/{self.version}"
+
+
+@dataclass
+class Reference:
+    """A horizontal accuracy line (the pre-trained backbone, each domain fine-tuned alone)."""
+
+    label: str
+    mean_test_accuracy: float
+    source: str
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def as_mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _is_manifest(data: Any) -> bool:
+    return isinstance(data, Mapping) and isinstance(data.get("domains"), list)
+
+
+def run_from_manifest(manifest: Mapping[str, Any], source: str) -> Run:
+    """The table row of one artifact manifest; missing optional fields become ``None``."""
+    domains = [d for d in manifest.get("domains", []) if isinstance(d, Mapping)]
+    names = [str(d.get("name", f"domain{k}")) for k, d in enumerate(domains)]
+    sharing = as_mapping(manifest.get("sharing"))
+    compact = as_mapping(manifest.get("compact"))
+    backbone = as_mapping(manifest.get("backbone"))
+    compact_fraction = _number(compact.get("params_fraction"))
+    compact_params, backbone_params = (
+        _number(compact.get("params")),
+        _number(backbone.get("params")),
+    )
+    if compact_fraction is None and compact_params is not None and backbone_params:
+        compact_fraction = compact_params / backbone_params
+    accuracy = {n: _number(d.get("test_accuracy")) for n, d in zip(names, domains, strict=True)}
+    mean_accuracy = _number(manifest.get("mean_test_accuracy"))
+    if mean_accuracy is None:
+        mean_accuracy = mean(accuracy.values())
+    learnable = sharing.get("learnable_weight")
+    return Run(
+        source=source,
+        model_name=str(manifest.get("model_name", "?")),
+        version=str(manifest.get("version", "?")),
+        budget=_number(manifest.get("budget")),
+        budget_metric=str(manifest["budget_metric"]) if "budget_metric" in manifest else None,
+        sharing=str(sharing.get("variant", "?")),
+        sharing_weight=_number(sharing.get("weight")),
+        learnable_weight=learnable if isinstance(learnable, bool) else None,
+        domains=names,
+        test_accuracy=accuracy,
+        mean_test_accuracy=mean_accuracy,
+        compact_params_fraction=compact_fraction,
+        params_fraction={
+            n: _number(d.get("params_fraction")) for n, d in zip(names, domains, strict=True)
+        },
+        macs_fraction={
+            n: _number(d.get("macs_fraction")) for n, d in zip(names, domains, strict=True)
+        },
+        wall_time_s=_number(as_mapping(manifest.get("training")).get("wall_time_s")),
+        manifest=dict(manifest),
+    )
+
+
+def run_from_grid_row(row: Mapping[str, Any], source: str) -> Run:
+    """A grid row whose artifact folder is gone: its own numbers, no channel picture."""
+    accuracy = {str(k): _number(v) for k, v in as_mapping(row.get("test_accuracy")).items()}
+    macs = {str(k): _number(v) for k, v in as_mapping(row.get("domain_macs_fraction")).items()}
+    params = {str(k): _number(v) for k, v in as_mapping(row.get("domain_params_fraction")).items()}
+    names = list(dict.fromkeys([*accuracy, *macs, *params]))
+    artifact = Path(str(row.get("artifact", "?/?")))
+    mean_accuracy = _number(row.get("mean_test_accuracy"))
+    return Run(
+        source=source,
+        model_name=artifact.parent.name or "?",
+        version=artifact.name or "?",
+        budget=_number(row.get("budget")),
+        budget_metric=str(row["budget_metric"]) if "budget_metric" in row else None,
+        sharing=str(row.get("sharing", "?")),
+        sharing_weight=None,
+        learnable_weight=None,
+        domains=names,
+        test_accuracy={n: accuracy.get(n) for n in names},
+        mean_test_accuracy=mean_accuracy
+        if mean_accuracy is not None
+        else mean(accuracy.get(n) for n in names),
+        compact_params_fraction=_number(row.get("compact_params_fraction")),
+        params_fraction={n: params.get(n) for n in names},
+        macs_fraction={n: macs.get(n) for n in names},
+        wall_time_s=_number(row.get("wall_time_s")),
+    )
+
+
+def _find_artifact(artifact: str, grid_file: Path) -> Path | None:
+    """The grid stores artifact paths relative to where it ran (usually the repo root)."""
+    given = Path(artifact)
+    candidates = [given]
+    if not given.is_absolute():
+        candidates += [parent / given for parent in list(grid_file.resolve().parents)[:4]]
+    for candidate in candidates:
+        if (candidate / MANIFEST_FILE).is_file():
+            return candidate / MANIFEST_FILE
+    return None
+
+
+def _grid_references(data: Mapping[str, Any], source: Path, tag: str) -> list[Reference]:
+    references = []
+    backbone = _number(as_mapping(data.get("backbone")).get("mean_test_accuracy"))
+    if backbone is not None:
+        references.append(
+            Reference(f"backbone (pre-trained, all domains){tag}", backbone, str(source))
+        )
+    alone = as_mapping(data.get("reference_finetuned_alone"))
+    accuracies = [_number(as_mapping(v).get("test_accuracy")) for v in alone.values()]
+    reference = mean(accuracies)
+    if reference is not None:
+        references.append(Reference(f"each domain fine-tuned alone{tag}", reference, str(source)))
+    return references
+
+
+@dataclass
+class _Collector:
+    runs: list[Run] = field(default_factory=list)
+    references: list[Reference] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    grid_files: int = 0
+
+    def add_manifest(self, path: Path, data: Any | None = None) -> None:
+        key = str(path.resolve())
+        if key in self.seen:
+            return
+        manifest = read_json(path, ReportError) if data is None else data
+        if not _is_manifest(manifest):
+            raise ReportError(f"{path}: not an artifact manifest (no 'domains' list)")
+        self.seen.add(key)
+        self.runs.append(run_from_manifest(manifest, str(path)))
+
+    def add_grid(self, path: Path, data: Mapping[str, Any]) -> None:
+        rows = data.get("grid")
+        if not isinstance(rows, list):
+            raise ReportError(f"{path}: 'grid' must be a list of rows")
+        self.grid_files += 1
+        for k, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise ReportError(f"{path}: grid row {k} is not an object")
+            found = _find_artifact(str(row.get("artifact", "")), path)
+            manifest = read_json(found, ReportError) if found is not None else None
+            if found is not None and _is_manifest(manifest):
+                self.add_manifest(found, manifest)
+            elif (key := f"{path.resolve()}#{k}") not in self.seen:
+                self.seen.add(key)
+                self.runs.append(run_from_grid_row(row, f"{path} (grid row {k})"))
+        tag = "" if self.grid_files == 1 else f" [{path.stem}]"
+        self.references += _grid_references(data, path, tag)
+
+    def add(self, path: Path) -> None:
+        if not path.exists():
+            raise ReportError(f"{path}: no such file or folder")
+        if path.is_dir():
+            if (path / MANIFEST_FILE).is_file():
+                self.add_manifest(path / MANIFEST_FILE)
+                return
+            found = [p for p in sorted(path.rglob(MANIFEST_FILE)) if p.is_file()]
+            manifests = [(p, m) for p in found if _is_manifest(m := read_json(p, ReportError))]
+            if not manifests:
+                raise ReportError(f"{path}: no artifact manifest.json found in this folder")
+            for manifest_path, manifest in manifests:
+                self.add_manifest(manifest_path, manifest)
+            return
+        data = read_json(path, ReportError)
+        if isinstance(data, Mapping) and "grid" in data:
+            self.add_grid(path, data)
+        elif _is_manifest(data):
+            self.add_manifest(path, data)
+        else:
+            raise ReportError(
+                f"{path}: neither an artifact manifest nor a budget_grid.py results JSON"
+            )
+
+
+def collect_runs(inputs: Sequence[Path]) -> tuple[list[Run], list[Reference]]:
+    """Read every input; raises ``ReportError`` naming the first path that holds no run."""
+    if not inputs:
+        raise ReportError("no input given: name artifact folders, model stores or grid JSONs")
+    collector = _Collector()
+    for path in inputs:
+        collector.add(Path(path))
+    return sort_runs(collector.runs), collector.references
+
+
+def collect_grid(data: Mapping[str, Any], path: Path) -> tuple[list[Run], list[Reference]]:
+    """The runs and reference lines of a ``bench/budget_grid.py`` result held in memory;
+    ``path`` is where it is written (relative artifact paths are looked up from there)."""
+    collector = _Collector()
+    collector.add_grid(path, data)
+    return sort_runs(collector.runs), collector.references
+
+
+def sharing_key(sharing: str) -> tuple[int, str]:
+    order = SHARING_ORDER.index(sharing) if sharing in SHARING_ORDER else len(SHARING_ORDER)
+    return order, sharing
+
+
+def sort_runs(runs: Iterable[Run]) -> list[Run]:
+    """Budget descending (unknown last), then sharing variant, then name/version."""
+    return sorted(
+        runs,
+        key=lambda r: (
+            r.budget is None,
+            -(r.budget or 0.0),
+            sharing_key(r.sharing),
+            r.model_name,
+            r.version,
+        ),
+    )

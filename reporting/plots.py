@@ -1,0 +1,263 @@
+"""The report's PNG plots (matplotlib, Agg backend, imported only when drawing):
+
+* ``accuracy_vs_budget.png``: mean test accuracy vs budget, one line per sharing variant;
+* ``cost_vs_budget.png``: compact params / backbone params and domain MACs / backbone MACs
+  (mean, bars min..max) vs budget, with the single-domain backbone (1.0) and the budget line;
+* ``channel_usage_<model>_<version>.png``: per block, which backbone channels each domain uses
+  and which survive pruning.
+
+Whatever a run lacks is skipped; a plot with nothing to draw is not written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from multidomain.files import atomic_path
+from reporting.channels import ChannelUsage
+from reporting.inputs import Reference, Run, as_mapping, sharing_key
+
+__all__ = [
+    "ACCURACY_PLOT",
+    "COST_PLOT",
+    "plot_accuracy",
+    "plot_channel_usage",
+    "plot_costs",
+]
+
+ACCURACY_PLOT = "accuracy_vs_budget.png"
+COST_PLOT = "cost_vs_budget.png"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _agg() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+def _save(figure: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+
+
+def _by_sharing(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: sharing_key(r.sharing)):
+        groups.setdefault(run.sharing, []).append(run)
+    return {k: sorted(v, key=lambda r: r.budget or 0.0) for k, v in groups.items()}
+
+
+@dataclass(frozen=True)
+class _Style:
+    marker: str
+    color: str
+    offset: float  # small x shift so that equal points of different variants stay visible
+
+
+def _styles(runs: Sequence[Run], dodge: float = 0.006) -> dict[str, _Style]:
+    """One marker, colour and x offset per sharing variant, the same in every plot."""
+    variants = list(_by_sharing(runs))
+    middle = (len(variants) - 1) / 2
+    return {
+        s: _Style(MARKERS[k % len(MARKERS)], f"C{k % 10}", (k - middle) * dodge)
+        for k, s in enumerate(variants)
+    }
+
+
+def _budget_axis(axes: Any, runs: Sequence[Run]) -> None:
+    budgets = sorted({r.budget for r in runs if r.budget is not None})
+    axes.set_xlabel("budget β (each domain's cost cap, fraction of the backbone)")
+    if budgets:
+        axes.set_xticks(budgets)
+    axes.set_xlim(min([0.0, *budgets]) - 0.02, max([1.0, *budgets]) + 0.05)
+    axes.grid(True, alpha=0.3)
+
+
+def plot_accuracy(runs: Sequence[Run], references: Sequence[Reference], path: Path) -> bool:
+    """Mean test accuracy vs budget per sharing variant; ``False`` (no file) if no run has both."""
+    points = [r for r in runs if r.budget is not None and r.mean_test_accuracy is not None]
+    if not points:
+        return False
+    _agg()
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9.5, 5.0), layout="constrained")
+    axes = figure.add_subplot()
+    styles = _styles(runs)
+    for sharing, group in _by_sharing(points).items():
+        style = styles[sharing]
+        xs = [r.budget + style.offset for r in group if r.budget is not None]
+        ys = [r.mean_test_accuracy for r in group if r.mean_test_accuracy is not None]
+        axes.plot(xs, ys, marker=style.marker, color=style.color, label=f"sharing: {sharing}")
+    lines = ("--", ":", "-.")
+    for k, reference in enumerate(references):
+        axes.axhline(
+            reference.mean_test_accuracy,
+            color="0.3",
+            linestyle=lines[k % len(lines)],
+            label=f"{reference.label} ({reference.mean_test_accuracy:.3f})",
+        )
+    _budget_axis(axes, points)
+    axes.set_ylabel("mean test accuracy (over domains)")
+    axes.set_title("Accuracy vs budget")
+    figure.legend(loc="outside right upper", fontsize="small")
+    _save(figure, path)
+    return True
+
+
+def _reference_lines(axes: Any, runs: Sequence[Run]) -> None:
+    top = max([1.0, *(r.budget for r in runs if r.budget is not None)]) + 0.05
+    axes.axhline(1.0, color="0.2", linestyle="--", label="single-domain backbone")
+    axes.plot([0.0, top], [0.0, top], color="0.5", linestyle=":", label="budget (y = β)")
+
+
+def plot_costs(runs: Sequence[Run], path: Path) -> bool:
+    """Compact params and domain MACs (over the backbone) vs budget; ``False`` if no data."""
+    params = [r for r in runs if r.budget is not None and r.compact_params_fraction is not None]
+    macs = [
+        r
+        for r in runs
+        if r.budget is not None and any(v is not None for v in r.macs_fraction.values())
+    ]
+    if not params and not macs:
+        return False
+    _agg()
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(13.0, 5.0), layout="constrained")
+    left, right = figure.subplots(1, 2, sharex=True)
+    styles = _styles(runs)
+    for sharing, group in _by_sharing(params).items():
+        style = styles[sharing]
+        left.plot(
+            [(r.budget or 0.0) + style.offset for r in group],
+            [r.compact_params_fraction or 0.0 for r in group],
+            marker=style.marker,
+            color=style.color,
+            label=f"sharing: {sharing}",
+        )
+    for sharing, group in _by_sharing(macs).items():
+        style = styles[sharing]
+        xs, ys, low, high = [], [], [], []
+        for run in group:
+            values = [v for v in run.macs_fraction.values() if v is not None]
+            average = sum(values) / len(values)
+            xs.append((run.budget or 0.0) + style.offset)
+            ys.append(average)
+            low.append(average - min(values))
+            high.append(max(values) - average)
+        right.errorbar(
+            xs,
+            ys,
+            yerr=[low, high],
+            marker=style.marker,
+            color=style.color,
+            capsize=3,
+            label=f"sharing: {sharing}",
+        )
+    for axes, title, ylabel, shown in (
+        (
+            left,
+            "Everything needed to serve all domains",
+            "compact params / backbone params",
+            params,
+        ),
+        (
+            right,
+            "Each domain's compute (mean, bars: min..max over domains)",
+            "domain MACs / backbone MACs",
+            macs,
+        ),
+    ):
+        _reference_lines(axes, runs)
+        _budget_axis(axes, runs)
+        axes.set_title(title, fontsize="medium")
+        axes.set_ylabel(ylabel)
+        axes.set_ylim(bottom=0.0)
+        if not shown:
+            axes.text(0.5, 0.5, "no data", transform=axes.transAxes, ha="center")
+        axes.legend(loc="upper left", fontsize="small")
+    figure.suptitle("Cost vs budget (single-domain backbone = 1.0)")
+    _save(figure, path)
+    return True
+
+
+def _run_title(run: Run) -> str:
+    budget = "?" if run.budget is None else f"{run.budget:g}"
+    weight = ""
+    if run.sharing_weight is not None and run.sharing != "none":
+        weight = f", γ = {run.sharing_weight:g}{' (learnable)' if run.learnable_weight else ''}"
+    metric = f" ({run.budget_metric})" if run.budget_metric else ""
+    return f"{run.label}: budget {budget}{metric}, sharing {run.sharing}{weight}"
+
+
+def plot_channel_usage(run: Run, usage: ChannelUsage, path: Path) -> None:
+    """One subplot per block: rows = domains + "kept after pruning", columns = channels."""
+    _agg()
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    colours = ["#d0d0d0", "#ffffff", "#1f77b4", "#2ca02c"]  # pruned, unused, used, kept
+    cmap = ListedColormap(colours)
+    n_blocks = len(usage.widths)
+    blocks_per_stage = as_mapping(as_mapping(run.manifest).get("architecture")).get(
+        "blocks_per_stage"
+    )
+    ncols = (
+        blocks_per_stage
+        if isinstance(blocks_per_stage, int) and 1 <= blocks_per_stage <= 6
+        else min(4, n_blocks)
+    )
+    nrows = math.ceil(n_blocks / ncols)
+    row_names = [*run.domains, "kept after pruning"]
+    height = max(1.6, 0.28 * len(row_names) + 0.9)
+    figure = Figure(figsize=(4.0 * ncols + 1.2, height * nrows + 1.3), layout="constrained")
+    grid = figure.subplots(nrows, ncols, squeeze=False)
+    for b in range(nrows * ncols):
+        axes = grid[b // ncols][b % ncols]
+        if b >= n_blocks:
+            axes.set_visible(False)
+            continue
+        width = usage.widths[b]
+        image = np.ones((len(row_names), width), dtype=float)
+        for c in range(width):
+            if c not in usage.kept[b]:
+                image[:, c] = 0.0
+            else:
+                image[-1, c] = 3.0
+        for d, used in enumerate(usage.used):
+            for c in used[b]:
+                if c < width:
+                    image[d, c] = 2.0
+        axes.imshow(image, cmap=cmap, vmin=-0.5, vmax=3.5, aspect="auto", interpolation="none")
+        axes.axhline(len(run.domains) - 0.5, color="black", linewidth=0.8)
+        total = usage.backbone_widths[b] if usage.backbone_widths else "?"
+        axes.set_title(f"block {b}: {len(usage.kept[b])}/{total} kept", fontsize="small")
+        axes.set_yticks(range(len(row_names)))
+        axes.set_yticklabels(row_names if b % ncols == 0 else [], fontsize="x-small")
+        axes.tick_params(axis="x", labelsize="x-small")
+        if b >= n_blocks - ncols:
+            axes.set_xlabel(
+                "backbone channel" if usage.backbone_positions else "compact channel",
+                fontsize="x-small",
+            )
+    handles = [
+        Patch(facecolor=colours[2], edgecolor="0.5", label="used by the domain"),
+        Patch(facecolor=colours[1], edgecolor="0.5", label="kept, not used by the domain"),
+        Patch(facecolor=colours[3], edgecolor="0.5", label="kept after pruning (union)"),
+    ]
+    if usage.backbone_positions:
+        handles.append(Patch(facecolor=colours[0], edgecolor="0.5", label="pruned"))
+    title = f"Channel usage per block — {_run_title(run)}"
+    if not usage.backbone_positions:
+        title += "\n(columns are compact channels: the manifest has no compact_channel_origin)"
+    figure.suptitle(title, fontsize="medium")
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize="small")
+    _save(figure, path)
