@@ -11,19 +11,15 @@ domain warmed up), then after closed-loop mixed-domain load at each concurrency
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from _results import RESULTS, command, write_results
 from loadgen import Target, fastapi_process, make_requests, run_closed_loop, summarise
 
 from multidomain.artifact import load_artifact
 from service.settings import ServiceSettings
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def memory_mib(pid: int) -> dict[str, float]:
@@ -70,17 +66,14 @@ def main() -> None:
                 )
     weights = artifact_path / "weights.safetensors"
     result = {
-        "command": shlex.join(["python", *sys.argv]),
+        "command": command(),
         "artifact": str(args.artifact),
         "weights_bytes": weights.stat().st_size,
         "domains": [entry.name for entry in artifact.domains],
         "settings": {k: str(v) for k, v in ServiceSettings().model_dump().items()},
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown(result))
 
 
 def markdown(result: dict[str, Any]) -> str:
