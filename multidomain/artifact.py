@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from multidomain.arch import ArchitectureError, ArchSpec
-from multidomain.files import sha256_file
+from multidomain.files import apply_umask_mode, sha256_file
 from multidomain.fold import serving_network
 from multidomain.network import ResNet26, domain_tensor_name
 
@@ -193,7 +193,8 @@ def write_artifact(
     shared: Mapping[str, Tensor],
     domain_tensors: Sequence[Mapping[str, Tensor]],
 ) -> Path:
-    """Write atomically: a temporary folder beside ``out_dir`` renamed into place at the end."""
+    """Write atomically: a temporary folder beside ``out_dir`` renamed into place at the end,
+    with the modes the umask gives (readable by other users under umask 022)."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ArtifactError(f"artifact folder already exists: {out_dir}")
@@ -212,6 +213,8 @@ def write_artifact(
         full = {**body, "weights_sha256": sha256_file(tmp / WEIGHTS_FILE)}
         (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
         load_artifact(tmp)  # refuse to publish anything that does not load back
+        for path in (tmp / WEIGHTS_FILE, tmp / MANIFEST_FILE, tmp):
+            apply_umask_mode(path)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
