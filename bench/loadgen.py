@@ -203,8 +203,15 @@ def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None
 
 
 @contextlib.contextmanager
-def fastapi_server(artifact_path: Path, settings: dict[str, str], log_path: Path) -> Iterator[str]:
-    """``python -m service`` on a free port until the block ends; yields its base URL."""
+def fastapi_server(
+    artifact_path: Path,
+    settings: dict[str, str],
+    log_path: Path,
+    root: Path = ROOT,
+    started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> Iterator[str]:
+    """``python -m service`` (the code under ``root``) on a free port until the block ends;
+    yields its base URL (and hands the process to ``started`` once it is ready)."""
     port = free_port()
     env = {**os.environ, **settings, "MDP_HOST": "127.0.0.1", "MDP_PORT": str(port)}
     command = [
@@ -220,7 +227,7 @@ def fastapi_server(artifact_path: Path, settings: dict[str, str], log_path: Path
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             url = f"http://127.0.0.1:{port}"
@@ -229,6 +236,8 @@ def fastapi_server(artifact_path: Path, settings: dict[str, str], log_path: Path
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the FastAPI service did not start; see {log_path}")
                 time.sleep(0.25)
+            if started is not None:
+                started(process)
             yield url
         finally:
             _stop_group(process)

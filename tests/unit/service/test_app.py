@@ -29,6 +29,7 @@ from service import engine as engine_module
 from service.app import create_app
 from service.engine import InferenceEngine
 from service.settings import ServiceSettings
+from tests.apps import ready_client, until_ready
 from tests.artifacts import TINY_DOMAINS, write_tiny_artifact
 
 DOMAINS = list(TINY_DOMAINS)
@@ -135,7 +136,7 @@ def settings_for(store: Path, **overrides: Any) -> ServiceSettings:
 
 @pytest.fixture(scope="module")
 def client(store: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(settings_for(store))) as test_client:
+    with ready_client(create_app(settings_for(store))) as test_client:
         yield test_client
 
 
@@ -165,6 +166,7 @@ def offline(store: Path) -> Iterator[Reference]:
 async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """The app's lifespan and an async client, both on the current event loop."""
     async with app.router.lifespan_context(app):
+        await until_ready(app)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
             yield client
@@ -299,7 +301,7 @@ def test_undecodable_images_are_422(client: TestClient) -> None:
 
 
 def test_the_pixel_limit_is_checked_before_decoding(store: Path) -> None:
-    with TestClient(create_app(settings_for(store, max_image_pixels=32 * 32))) as client:
+    with ready_client(create_app(settings_for(store, max_image_pixels=32 * 32))) as client:
         assert predict(client, "shapes", encode(noise(32, 32))).status_code == 200
         too_big = predict(client, "shapes", png_claiming(33, 32))  # header only, no pixel data
         assert "1056" in assert_error(too_big, 422, "image_too_large")
@@ -316,7 +318,7 @@ def test_bodies_over_the_limit_are_413(store: Path) -> None:
         + big
         + f"\r\n--{boundary}--\r\n".encode()
     )
-    with TestClient(create_app(settings)) as client:
+    with ready_client(create_app(settings)) as client:
         assert_error(predict(client, "shapes", big), 413, "body_too_large")  # Content-Length
         chunks = (big[i : i + 512] for i in range(0, len(big), 512))  # chunked, no length
         assert_error(predict(client, "shapes", chunks), 413, "body_too_large")
@@ -417,6 +419,7 @@ def test_the_deadline_gives_504_and_the_expired_image_is_not_computed(
     async def scenario() -> str:
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
+        await until_ready(app)
         transport = httpx.ASGITransport(app=app)
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
@@ -455,7 +458,7 @@ def test_an_unexpected_error_is_a_generic_500_with_the_traceback_logged(
         raise RuntimeError("secret internals /etc/passwd")
 
     monkeypatch.setattr(InferenceEngine, "predict", explode)
-    with TestClient(create_app(settings_for(store))) as client, caplog.at_level(logging.ERROR):
+    with ready_client(create_app(settings_for(store))) as client, caplog.at_level(logging.ERROR):
         response = predict(client, "shapes", PNG)
         text = client.get("/metrics").text
     assert response.status_code == 500
@@ -464,7 +467,7 @@ def test_an_unexpected_error_is_a_generic_500_with_the_traceback_logged(
     }
     assert "secret" not in response.text
     assert any("secret internals" in (r.exc_text or "") for r in caplog.records)
-    assert 'mdp_requests_total{domain="shapes",status="500"} 1.0' in text
+    assert 'mdp_requests_total{class="5xx",domain="shapes",status="500"} 1.0' in text
     assert 'mdp_rejections_total{domain="shapes",reason="internal"} 1.0' in text
 
 
@@ -477,6 +480,7 @@ def test_shutdown_turns_readiness_off_and_drains_in_flight_requests(
     async def scenario() -> None:
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
+        await until_ready(app)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
             forward.install()
