@@ -11,11 +11,12 @@ app drains its engine before the process exits. SIGINT skips the drain delay.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from types import FrameType
 
 import uvicorn
@@ -61,6 +62,15 @@ class _Server(uvicorn.Server):
             self._drain_until = time.monotonic() + delay
             return
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # uvicorn re-raises a captured SIGTERM when this block ends: write the logs out first
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                flush_log_buffers()
 
     async def on_tick(self, counter: int) -> bool:
         if self._drain_until is not None and not self.should_exit:

@@ -190,9 +190,7 @@ def test_the_decode_queue_is_bounded(store: Path, monkeypatch: pytest.MonkeyPatc
             )
             await asyncio.sleep(0.1)  # waits for the thread
             assert sample(app, "mdp_preprocess_pending_images") == 2
-            refused = await client.post(
-                "/v1/domains/colours/predict", content=PNG, headers=headers
-            )
+            refused = await client.post("/v1/domains/colours/predict", content=PNG, headers=headers)
             assert "waiting for decoding" in assert_error(refused, 429, "overloaded")
             assert refused.headers["retry-after"] == "1"
             gate.set()
@@ -284,15 +282,21 @@ def test_a_client_that_goes_away_is_499_and_its_queued_work_is_dropped(
             await asyncio.sleep(0.1)  # the colours worker has had its turn
             assert sample(app, "mdp_batch_size_count", domain="colours") == 0  # never computed
             for domain in ("colours", "digits"):
-                assert sample(
-                    app, "mdp_requests_total", domain=domain, status="499", **{"class": "4xx"}
-                ) == 1
-                assert sample(
-                    app, "mdp_rejections_total", domain=domain, reason="client_closed"
-                ) == 1
-                assert sample(
-                    app, "mdp_requests_total", domain=domain, status="500", **{"class": "5xx"}
-                ) == 0
+                assert (
+                    sample(
+                        app, "mdp_requests_total", domain=domain, status="499", **{"class": "4xx"}
+                    )
+                    == 1
+                )
+                assert (
+                    sample(app, "mdp_rejections_total", domain=domain, reason="client_closed") == 1
+                )
+                assert (
+                    sample(
+                        app, "mdp_requests_total", domain=domain, status="500", **{"class": "5xx"}
+                    )
+                    == 0
+                )
 
     with caplog.at_level(logging.INFO):
         run(scenario)

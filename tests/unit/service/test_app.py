@@ -526,6 +526,7 @@ def test_metrics_expose_every_series_for_every_domain(client: TestClient) -> Non
         "mdp_batch_compute_seconds": "histogram",
         "mdp_batch_size": "histogram",
         "mdp_queue_depth": "gauge",
+        "mdp_in_flight_requests": "gauge",
         "mdp_requests": "counter",
         "mdp_rejections": "counter",
     }
@@ -535,15 +536,36 @@ def test_metrics_expose_every_series_for_every_domain(client: TestClient) -> Non
         assert domains == {*DOMAINS, "_unknown"}, name
     latency = families["mdp_request_latency_seconds"].samples
     buckets = {s.labels["le"] for s in latency if s.name.endswith("_bucket")}
-    assert {"0.001", "2.5", "+Inf"} <= buckets
+    assert buckets == {
+        *("0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5"),
+        *("1.0", "2.5", "5.0", "10.0", "+Inf"),  # up to the 10 s deadline
+    }
     requests = {
-        (s.labels["domain"], s.labels["status"]): s.value
+        (s.labels["domain"], s.labels["status"], s.labels["class"]): s.value
         for s in families["mdp_requests"].samples
         if s.name == "mdp_requests_total"
     }
-    assert requests[("digits", "200")] >= 1 and requests[("_unknown", "404")] >= 1
+    assert requests[("digits", "200", "2xx")] >= 1 and requests[("_unknown", "404", "4xx")] >= 1
+    for process in ("process_resident_memory_bytes", "process_cpu_seconds", "process_open_fds"):
+        (value,) = [s.value for s in families[process].samples]
+        assert value > 0, process
     info = families["mdp_model_info"].samples[0]
     assert info.labels == {"model": "tiny", "version": "v1", "budget": "0.5", "sharing": "none"}
+
+
+def test_latency_buckets_end_at_the_deadline() -> None:
+    from service.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics(request_timeout_s=3)
+    metrics.observe_request("_unknown", 200, 2.9)
+    bounds = [
+        s.labels["le"]
+        for family in metrics.registry.collect()
+        if family.name == "mdp_request_latency_seconds"
+        for s in family.samples
+        if s.name.endswith("_bucket")
+    ]
+    assert bounds[-3:] == ["2.5", "3.0", "+Inf"]
 
 
 def test_each_app_has_its_own_registry(store: Path) -> None:

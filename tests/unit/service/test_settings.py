@@ -113,7 +113,8 @@ def test_unknown_mdp_variables_are_refused_with_the_closest_name(
     assert lines[0] == "invalid service settings:"
     assert "  MDP_MAX_WAITMS: unknown setting; did you mean MDP_MAX_WAIT_MS?" in lines
     assert "  MDP_DRAIN_DELAY: unknown setting; did you mean MDP_DRAIN_DELAY_S?" in lines
-    assert any(line.startswith("  MDP_COMPLETELY_DIFFERENT_THING: unknown setting") for line in lines)
+    unrelated = "  MDP_COMPLETELY_DIFFERENT_THING: unknown setting"
+    assert any(line.startswith(unrelated) for line in lines)
     assert any("MDP_PORT" in line and "eighty" in line for line in lines)  # listed together
     assert not any("OTHER_VARIABLE" in line for line in lines)
 
@@ -135,7 +136,7 @@ def test_hardening_settings_are_validated() -> None:
     digest = "AB" * 32
     assert load_settings(model_digest=digest).model_digest == digest.lower()
     assert load_settings(model_digest="").model_digest is None
-    with pytest.raises(SettingsError, match="MDP_MODEL_DIGEST.*sha256 hex digest"):
+    with pytest.raises(SettingsError, match=r"MDP_MODEL_DIGEST.*sha256 hex digest"):
         load_settings(model_digest="1234")
     with pytest.raises(SettingsError, match="must not exceed max_in_flight"):
         load_settings(max_in_flight=4, max_in_flight_per_domain=8)
