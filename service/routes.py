@@ -262,11 +262,13 @@ async def _infer(
     admission.start_decoding(len(images))
     task = asyncio.current_task()
     assert task is not None
-    gone = False
+    gone = finished = False
 
     def on_disconnect(watcher: asyncio.Task[None]) -> None:
         nonlocal gone
-        if not watcher.cancelled() and watcher.exception() is None:
+        # ``finished``: a callback already scheduled when the work ended must not cancel the
+        # answer's encoding
+        if not finished and not watcher.cancelled() and watcher.exception() is None:
             gone = True
             task.cancel()
 
@@ -294,6 +296,7 @@ async def _infer(
             "the client closed the connection before its answer; its work was dropped"
         ) from None
     finally:
+        finished = True
         watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
 
