@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import re
 import shlex
@@ -29,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from loadgen import fastapi_server
+from loadgen import export_revision, fastapi_server, write_results
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,15 +44,6 @@ local f = io.open("{body}", "rb")
 wrk.body = f:read("*all")
 f:close()
 """
-
-
-def _export(revision: str, folder: Path) -> None:
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", revision],
-        check=True,
-        capture_output=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -110,9 +100,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {"baseline": [], "working tree": []}
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
-        baseline = scratch / "baseline"
-        baseline.mkdir()
-        _export(args.baseline, baseline)
+        baseline = export_revision(args.baseline, scratch / "baseline")
         artifact = write_tiny_artifact(scratch / "store")
         body = scratch / "image.png"
         buffer = io.BytesIO()
@@ -138,7 +126,7 @@ def main() -> None:
                     )
                 runs[name].append(result)
                 print(f"round {round_ + 1} {name}: {result}", flush=True)
-    summary = {
+    summary: dict[str, dict[str, Any]] = {
         name: {
             "median_rps": round(statistics.median(r["rps"] for r in results), 1),
             "rounds_rps": [r["rps"] for r in results],
@@ -174,8 +162,6 @@ def main() -> None:
         "ratio_working_tree_to_baseline": round(ratio, 3),
         "cpu_ratio_working_tree_to_baseline": round(cpu_ratio, 3),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "# Hot path: wrk against the service, baseline vs working tree",
         "",
@@ -191,10 +177,10 @@ def main() -> None:
     ]
     for name, row in summary.items():
         rounds = ", ".join(f"{v:.0f}" for v in row["rounds_rps"])
-        cpu = ", ".join(f"{v:.0f}" for v in row["rounds_cpu_us_per_request"])
+        cpu_rounds = ", ".join(f"{v:.0f}" for v in row["rounds_cpu_us_per_request"])
         lines.append(
             f"| {name} | {row['median_rps']:.0f} | {rounds} | "
-            f"{row['median_cpu_us_per_request']:.0f} | {cpu} | {row['median_p50_ms']} | "
+            f"{row['median_cpu_us_per_request']:.0f} | {cpu_rounds} | {row['median_p50_ms']} | "
             f"{row['median_p99_ms']} | {row['non_2xx']} |"
         )
     lines += [
@@ -202,8 +188,7 @@ def main() -> None:
         f"Working tree / baseline: req/s {ratio:.3f}, CPU per request {cpu_ratio:.3f}",
         "",
     ]
-    args.out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.out, record, lines)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import random
 import signal
@@ -143,6 +144,27 @@ def run_closed_loop(
 def _serialise(host: str, port: int, target: Target, request: Request) -> bytes:
     path, headers = target.make(request)
     return http_load.raw_request(host, port, "POST", path, request.body, headers)
+
+
+def export_revision(revision: str, folder: Path) -> Path:
+    """The code of a git revision of this repository, extracted into ``folder`` (to run a
+    server from, beside the working tree's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", revision],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def write_results(out: Path, record: dict[str, Any], lines: list[str]) -> None:
+    """``out``.json (the record) and ``out``.md (the lines), printed too."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 def _get_ok(url: str) -> bool:

@@ -23,16 +23,15 @@ import contextlib
 import io
 import json
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from loadgen import fastapi_server
+from loadgen import export_revision, fastapi_server, write_results
 from PIL import Image
 
 from devtools.http_load import Shot, closed_loop, open_loop, raw_request
@@ -212,34 +211,30 @@ def main() -> None:
         scratch = Path(scratch_dir)
         roots = {"working tree": ROOT}
         if args.baseline:
-            baseline = scratch / "baseline"
-            baseline.mkdir()
-            archive = subprocess.run(
-                ["git", "-C", str(ROOT), "archive", "--format=tar", args.baseline],
-                check=True,
-                capture_output=True,
-            ).stdout
-            subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
-            roots[f"baseline {args.baseline}"] = baseline
-        heavy = write_tiny_artifact(scratch / "heavy", arch=ArchSpec(width_mult=1.0, image_size=64))
-        record["overload"] = {"settings": OVERLOAD_SETTINGS, "runs": {}}
-        for name, root in roots.items():
-            log = scratch / f"overload-{name.split()[0]}.log"
-            with fastapi_server(heavy, OVERLOAD_SETTINGS, log, root=root) as url:
-                result = overload_run(url, args.multiplier, args.duration)
-            record["overload"]["runs"][name] = result
-            print(name, json.dumps(result), flush=True)
-        tiny = write_tiny_artifact(scratch / "tiny")
-        settings = {"MDP_HEADER_TIMEOUT_S": str(args.header_timeout), "MDP_LOG_LEVEL": "warning"}
-        record["slow_clients"] = {"settings": settings, "runs": {}}
-        for name, root in roots.items():
-            log = scratch / f"slow-{name.split()[0]}.log"
-            with fastapi_server(tiny, settings, log, root=root) as url:
-                result = slow_client_run(url, args.slow_clients, args.slow_seconds)
-            record["slow_clients"]["runs"][name] = result
-            print(name, json.dumps(result), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+            roots[f"baseline {args.baseline}"] = export_revision(args.baseline, scratch / "base")
+
+        def on_each_version(
+            part: str, artifact: Path, settings: dict[str, str], measure: Callable[[str], Any]
+        ) -> None:
+            record[part] = {"settings": settings, "runs": {}}
+            for name, root in roots.items():
+                log = scratch / f"{part}-{name.split()[0]}.log"
+                with fastapi_server(artifact, settings, log, root=root) as url:
+                    record[part]["runs"][name] = result = measure(url)
+                print(part, name, json.dumps(result), flush=True)
+
+        on_each_version(
+            "overload",
+            write_tiny_artifact(scratch / "heavy", arch=ArchSpec(width_mult=1.0, image_size=64)),
+            OVERLOAD_SETTINGS,
+            lambda url: overload_run(url, args.multiplier, args.duration),
+        )
+        on_each_version(
+            "slow_clients",
+            write_tiny_artifact(scratch / "tiny"),
+            {"MDP_HEADER_TIMEOUT_S": str(args.header_timeout), "MDP_LOG_LEVEL": "warning"},
+            lambda url: slow_client_run(url, args.slow_clients, args.slow_seconds),
+        )
     lines = [
         "# Overload and slow clients",
         "",
@@ -284,8 +279,7 @@ def main() -> None:
             f"{after['min']} / {after['median']} / {after['max']} |"
         )
     lines.append("")
-    args.out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.out, record, lines)
 
 
 if __name__ == "__main__":

@@ -33,15 +33,6 @@ from tests.unit.service.test_app import (
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.artifacts import write_tiny_artifact
-
-    root = tmp_path_factory.mktemp("model_store")
-    write_tiny_artifact(root)
-    return root
-
-
 @dataclass
 class Answer:
     status: int = 0

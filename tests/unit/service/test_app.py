@@ -30,7 +30,7 @@ from service.app import create_app
 from service.engine import InferenceEngine
 from service.settings import ServiceSettings
 from tests.apps import ready_client, until_ready
-from tests.artifacts import TINY_DOMAINS, write_tiny_artifact
+from tests.artifacts import TINY_DOMAINS
 
 DOMAINS = list(TINY_DOMAINS)
 Reference = Callable[[str, bytes], Tensor]
@@ -114,13 +114,6 @@ def assert_matches(predictions: list[dict[str, Any]], expected: Tensor, domain: 
     for p in predictions:
         got[p["index"]] = p["probability"]
     assert torch.max(torch.abs(got - expected.double())).item() <= 1e-5
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("model_store")
-    write_tiny_artifact(root)
-    return root
 
 
 def settings_for(store: Path, **overrides: Any) -> ServiceSettings:

@@ -17,8 +17,8 @@ from service.app import create_app
 from service.auth import WWW_AUTHENTICATE, ApiKeys
 from service.settings import ServiceSettings, SettingsError, load_settings
 from tests.apps import ready_client
-from tests.artifacts import write_tiny_artifact
 from tests.unit.service.test_app import PNG, assert_error
+from tests.unit.service.test_app import settings_for as app_settings
 
 KEY = "s3cret-key-for-tests"
 OTHER_KEY = "another-accepted-key"
@@ -28,22 +28,9 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("model_store")
-    write_tiny_artifact(root)
-    return root
-
-
 def settings_for(store: Path, **overrides: Any) -> ServiceSettings:
-    values: dict[str, Any] = {
-        "model_store": store,
-        "model_name": "tiny",
-        "max_wait_ms": 1.0,
-        "torch_threads": 1,
-        "api_keys": [digest(KEY), digest(OTHER_KEY)],
-    }
-    return ServiceSettings(**{**values, **overrides})
+    """``test_app``'s settings with both test keys accepted."""
+    return app_settings(store, **{"api_keys": [digest(KEY), digest(OTHER_KEY)], **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from service.app import create_app
 from service.engine import InferenceEngine
 from service.logs import ACCESS_LOGGER, JsonFormatter, TextFormatter
 from tests.apps import ready_client
-from tests.artifacts import write_tiny_artifact
 from tests.unit.service.test_app import PNG, predict, settings_for
 
 
@@ -43,13 +42,6 @@ def captured() -> Iterator[Capture]:
     yield handler
     logger.removeHandler(handler)
     logger.setLevel(level)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("model_store")
-    write_tiny_artifact(root)
-    return root
 
 
 def test_request_ids_are_accepted_validated_or_generated(store: Path) -> None:
