@@ -59,6 +59,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
+    state.draining, state.load_error = False, None
     torch.set_num_threads(state.settings.torch_threads)
     loading = asyncio.create_task(_load(state), name="mdp-load")
     try:
@@ -69,11 +70,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loading
-        if state.engine is not None:
+        engine, pool = state.engine, state.preprocess_pool
+        if engine is not None:
             logger.info("shutting down: draining queued requests")
-            await state.engine.stop(state.settings.shutdown_grace_s)
-        if state.preprocess_pool is not None:
-            state.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+            await engine.stop(state.settings.shutdown_grace_s)
+        # a stopped app answers 503 (and a restarted lifespan loads anew)
+        state.model = state.engine = state.preprocess_pool = None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         gc.unfreeze()
         logger.info("stopped")
 

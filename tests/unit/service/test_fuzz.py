@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -24,11 +25,12 @@ from tests.artifacts import write_tiny_artifact
 KEY = "fuzzing-key"
 
 
-@pytest.fixture(scope="module", params=["open", "api_key"])
+@pytest.fixture(params=["open", "api_key"])
 def api(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[schemathesis.BaseSchema, dict[str, str]]]:
-    store = tmp_path_factory.mktemp("model_store")
+    # one app per test: schemathesis' pytest plugin ends every ASGI lifespan after each test
+    store = tmp_path / "model_store"
     write_tiny_artifact(store)
     keys = [hashlib.sha256(KEY.encode()).hexdigest()] if request.param == "api_key" else []
     headers = {"X-API-Key": KEY} if keys else {}

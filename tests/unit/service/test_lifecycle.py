@@ -117,3 +117,14 @@ def test_a_dead_worker_fails_liveness_and_its_domain(
         assert "cannot be served" in assert_error(predict(client, "colours", PNG), 503, "not_ready")
         assert predict(client, "shapes", PNG).status_code == 200  # the other domains serve on
     assert any("worker of domain 'colours' stopped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stopped_app_answers_503_and_a_restarted_one_loads_anew(store: Path) -> None:
+    app = create_app(settings_for(store))
+    with ready_client(app) as client:
+        assert predict(client, "shapes", PNG).status_code == 200
+    stopped = TestClient(app)  # no lifespan: as after shutdown
+    assert_error(predict(stopped, "shapes", PNG), 503, "not_ready")
+    assert "shutting down" in assert_error(stopped.get("/readyz"), 503, "not_ready")
+    with ready_client(app) as client:  # its lifespan again: a new engine and threads
+        assert predict(client, "shapes", PNG).status_code == 200
