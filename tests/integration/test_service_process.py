@@ -213,11 +213,10 @@ def test_start_up_fails_cleanly_on_a_corrupt_artifact(tmp_path: Path, command: s
 
 
 def test_the_port_opens_before_the_model_is_loaded(tmp_path: Path) -> None:
-    # a larger artifact and large warm-up batches: loading takes seconds
+    # a larger artifact: loading and warming up take seconds
     arch = ArchSpec(width_mult=1.0, image_size=64)
-    settings = {"MDP_MAX_BATCH_SIZE": "128"}
     seen: list[tuple[int, int]] = []
-    with service_process(tmp_path, arch=arch, ready=False, **settings) as service:
+    with service_process(tmp_path, arch=arch, ready=False) as service:
         url = service.url
 
         def probes() -> bool:
