@@ -10,7 +10,8 @@
    8 normal clients run closed-loop on the tiny test artifact; normal throughput and latency
    with and without the slow clients, and when the server closed the slow connections.
 
-Writes ``bench/results/overload.{json,md}`` with the command.
+Each part runs ``--rounds`` times per version, alternating. Writes
+``bench/results/overload.{json,md}`` with the command.
 
     python bench/overload.py [--baseline 6d280ae] [--multiplier 4 --duration 5]
 """
@@ -122,7 +123,10 @@ def overload_run(url: str, multiplier: float, duration: float) -> dict[str, Any]
 def slow_client_run(url: str, slow_clients: int, seconds: float) -> dict[str, Any]:
     host, port = _host_port(url)
     payloads = _payloads(url, 16, 12)
-    head = b"POST /v1/domains/shapes/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+    # a request line, then valid header lines without end
+    head = b"POST /v1/domains/shapes/predict HTTP/1.1\r\nHost: x\r\n" + b"".join(
+        f"X-Pad-{i}: {i}\r\n".encode() for i in range(2000)
+    )
 
     async def slow(stop: asyncio.Event) -> float | None:
         """Seconds until the server closed the connection (None: still open at the end)."""
@@ -140,7 +144,7 @@ def slow_client_run(url: str, slow_clients: int, seconds: float) -> dict[str, An
 
         watching = asyncio.create_task(closed())
         with contextlib.suppress(ConnectionError):
-            for byte in head * 1000:
+            for byte in head:
                 if watching.done() or stop.is_set():
                     break
                 writer.write(bytes([byte]))
@@ -196,6 +200,17 @@ def slow_client_run(url: str, slow_clients: int, seconds: float) -> dict[str, An
     return asyncio.run(run())
 
 
+def _rows(runs: dict[str, list[dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, result) of every round of every version, rounds in order."""
+    rounds = max(len(results) for results in runs.values())
+    return [
+        (f"{name}, round {i + 1}", results[i])
+        for i in range(rounds)
+        for name, results in runs.items()
+        if i < len(results)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--multiplier", type=float, default=4.0)
@@ -204,6 +219,7 @@ def main() -> None:
     parser.add_argument("--slow-clients", type=int, default=200)
     parser.add_argument("--header-timeout", type=float, default=5.0)
     parser.add_argument("--slow-seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per part")
     parser.add_argument("--out", type=Path, default=RESULTS / "overload")
     args = parser.parse_args()
     record: dict[str, Any] = {"command": "python " + shlex.join(sys.argv)}
@@ -216,12 +232,16 @@ def main() -> None:
         def on_each_version(
             part: str, artifact: Path, settings: dict[str, str], measure: Callable[[str], Any]
         ) -> None:
-            record[part] = {"settings": settings, "runs": {}}
-            for name, root in roots.items():
-                log = scratch / f"{part}-{name.split()[0]}.log"
-                with fastapi_server(artifact, settings, log, root=root) as url:
-                    record[part]["runs"][name] = result = measure(url)
-                print(part, name, json.dumps(result), flush=True)
+            """``--rounds`` rounds, each measuring every version (order alternating)."""
+            runs: dict[str, list[Any]] = {name: [] for name in roots}
+            record[part] = {"settings": settings, "runs": runs}
+            for round_ in range(args.rounds):
+                for name in list(roots) if round_ % 2 == 0 else list(reversed(roots)):
+                    log = scratch / f"{part}-{name.split()[0]}-{round_}.log"
+                    with fastapi_server(artifact, settings, log, root=roots[name]) as url:
+                        result = measure(url)
+                    runs[name].append(result)
+                    print(part, name, json.dumps(result), flush=True)
 
         on_each_version(
             "overload",
@@ -247,11 +267,11 @@ def main() -> None:
         f"{OVERLOAD_SETTINGS}, all else default (deadline 10 s). Capacity: closed loop, 16 "
         "clients.",
         "",
-        "| code | capacity req/s | offered req/s | requests | statuses | 429 p50 / p99 ms | "
+        "| code, round | capacity req/s | offered req/s | requests | statuses | 429 p50 / p99 ms | "
         "accepted p50 / p99 / max ms | accepted req/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in record["overload"]["runs"].items():
+    for name, r in _rows(record["overload"]["runs"]):
         statuses = ", ".join(f"{k}: {v}" for k, v in r["statuses"].items())
         lines.append(
             f"| {name} | {r['capacity_rps']} | {r['offered_rps']} | {r['requests']} | "
@@ -266,11 +286,11 @@ def main() -> None:
         f"Tiny test artifact; `MDP_HEADER_TIMEOUT_S={args.header_timeout:g}`; normal traffic: 8 "
         "keep-alive clients, closed loop.",
         "",
-        "| code | normal req/s without / with slow clients | normal p99 ms without / with | "
+        "| code, round | normal req/s without / with slow clients | normal p99 ms without / with | "
         "slow connections closed by the server | closed after s (min / median / max) |",
         "|---|---|---|---|---|",
     ]
-    for name, r in record["slow_clients"]["runs"].items():
+    for name, r in _rows(record["slow_clients"]["runs"]):
         calm, busy = r["normal_without_slow_clients"], r["normal_with_slow_clients"]
         after = r["slow_closed_after_s"]
         lines.append(

@@ -83,6 +83,7 @@ def test_slow_clients_are_cut_off_and_normal_traffic_goes_on(tmp_path: Path) -> 
     with service_process(tmp_path, MDP_HEADER_TIMEOUT_S=str(timeout)) as service:
         host, port = host_port(service)
         head = f"POST /v1/domains/{DOMAINS[0]}/predict HTTP/1.1\r\nHost: x\r\n".encode()
+        head += b"".join(f"X-Pad-{i}: {i}\r\n".encode() for i in range(200))  # valid, endless
 
         async def slow_client() -> tuple[float, bytes]:
             """Headers byte by byte, one every 50 ms, until the server answers and closes;
@@ -99,7 +100,7 @@ def test_slow_clients_are_cut_off_and_normal_traffic_goes_on(tmp_path: Path) -> 
 
             reading = asyncio.create_task(read_all())
             with contextlib.suppress(ConnectionError):
-                for byte in head * 100:
+                for byte in head:
                     if reading.done():
                         break
                     writer.write(bytes([byte]))
