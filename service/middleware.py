@@ -87,8 +87,11 @@ class ServiceMiddleware:
         admitted = False
         try:
             keys = state.api_keys
-            protected = keys is not None and (path not in OPS_PATHS or path in self._protected_ops)
-            if protected and not keys.accepts(presented_key(scope["headers"])):  # type: ignore[union-attr]
+            if (
+                keys is not None
+                and (path not in OPS_PATHS or path in self._protected_ops)
+                and not keys.accepts(presented_key(scope["headers"]))
+            ):
                 raise Unauthorized(
                     "a valid API key is required: send it as 'Authorization: Bearer <key>' "
                     "or 'X-API-Key: <key>'"
