@@ -8,7 +8,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 PORT ?= 8000
 
 .PHONY: setup system-deps run pipeline test test-unit test-integration images-test lint format \
-	bench bench-grid bench-serve clean
+	bench bench-grid bench-serve bench-limits clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,17 @@ bench-serve: setup
 	$(BIN)/python bench/subnet_compute.py $(ARTIFACT)
 	$(BIN)/python bench/serve_load.py $(ARTIFACT)
 	$(BIN)/python bench/serve_compare.py $(ARTIFACT)
+
+# The service's own limits: hot-path cost against a baseline revision (wrk), overload and slow
+# clients (bench/results/hotpath*.md, overload.md). BASELINE: the revision to compare with.
+BASELINE ?= HEAD~1
+
+bench-limits: setup
+	@command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
+	cd bench && ../$(BIN)/python hotpath.py --baseline $(BASELINE)
+	cd bench && ../$(BIN)/python hotpath.py --baseline $(BASELINE) \
+	  --env MDP_ACCESS_LOG_SAMPLE=0 --out results/hotpath_access_log_off
+	cd bench && ../$(BIN)/python overload.py --baseline $(BASELINE)
 
 clean:
 	rm -rf $(VENV) data_cache runs .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -370,7 +371,9 @@ def load_artifact(path: Path) -> Artifact:
 
 
 def resolve_artifact(model_store: Path, model_name: str, version: str = "latest") -> Path:
-    """``model_store/<name>/<version>``; ``latest`` is the newest complete version folder."""
+    """``model_store/<name>/<version>``; ``latest`` is the complete version folder whose
+    manifest's ``created_at`` is newest (folder name breaking ties; a manifest without a
+    readable ``created_at`` counts as oldest, one that is not valid JSON is skipped)."""
     check_name("model name", model_name)
     root = Path(model_store) / model_name
     if version != "latest":
@@ -379,13 +382,35 @@ def resolve_artifact(model_store: Path, model_name: str, version: str = "latest"
         if not (target / MANIFEST_FILE).is_file():
             raise ArtifactError(f"no artifact at {target}")
         return target
-    candidates = sorted(
-        (p for p in root.glob("*") if (p / MANIFEST_FILE).is_file() and not p.name.startswith(".")),
-        key=lambda p: p.name,
-    )
+    candidates = []
+    for folder in root.glob("*"):
+        if folder.name.startswith(".") or not (folder / MANIFEST_FILE).is_file():
+            continue
+        created = _created_at(folder / MANIFEST_FILE)
+        if created is not None:
+            candidates.append((created, folder.name, folder))
     if not candidates:
         raise ArtifactError(f"no artifact versions under {root}")
-    return candidates[-1]
+    return max(candidates)[2]
+
+
+_OLDEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _created_at(manifest_path: Path) -> datetime | None:
+    """The manifest's ``created_at`` (UTC when it names no zone), ``_OLDEST`` when it has none
+    that parses, None when the manifest is not a JSON object."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    try:
+        created = datetime.fromisoformat(str(manifest["created_at"]))
+    except (KeyError, ValueError):
+        return _OLDEST
+    return created if created.tzinfo is not None else created.replace(tzinfo=UTC)
 
 
 def find_artifact(path: Path) -> Path:

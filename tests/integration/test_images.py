@@ -168,7 +168,7 @@ def test_trained_in_the_trainer_image_served_by_the_service_image(
     store.mkdir()
     os.chown(store, TRAINER_UID, TRAINER_UID)  # a volume the trainer's uid owns
 
-    output, seconds = run_trainer(containers, store, *TRAIN_ARGS, "--version", "v1")
+    output, seconds = run_trainer(containers, store, *TRAIN_ARGS, "--model-version", "v1")
     say(f"trainer image trained and exported v1 in {seconds:.0f} s")
     assert "exported /models/default/v1" in output
     artifact = store / "default" / "v1"

@@ -49,7 +49,7 @@ def test_pipeline_exports_a_verified_artifact_within_budget(tmp_path: Path) -> N
     assert "pretrain" not in again.stderr  # refused before any training
 
     # --if-missing (compose's trainer): a complete, verified version is kept, nothing trained
-    without_version = command[: command.index("--version")]
+    without_version = command[: command.index("--model-version")]
     kept = subprocess.run(
         [*without_version, "--if-missing"], capture_output=True, text=True, timeout=120
     )

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ import yaml
 
 from tests.dashboard import (
     DASHBOARD_PATH,
+    SERIES_NAME,
     SERVICE_SERIES,
+    UNLABELLED_SERIES,
     dashboard_queries,
     dashboard_targets,
     iter_panels,
@@ -457,12 +460,32 @@ def test_healthcheck_passes_only_when_ready(
 _COMPOSE_CACHE: dict[str, Any] = {}
 
 
+#: What a user puts into .env (see .env.example), with stand-in values.
+TEST_ENV_FILE = "GRAFANA_ADMIN_PASSWORD=stand-in-password\nMDP_API_KEYS=\n"
+
+
+def run_compose_config(env_file: str) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` with ``env_file`` as the .env file."""
+    binary = require_tool("docker-compose", "docker-compose")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("COMPOSE_") and k not in ("GRAFANA_ADMIN_PASSWORD", "MDP_API_KEYS")
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "env"
+        path.write_text(env_file)
+        return run_tool(
+            [binary, "--file", "docker-compose.yml", "--env-file", str(path), "config"],
+            cwd=ROOT,
+            env=env,
+        )
+
+
 def compose_config() -> dict[str, Any]:
     """`docker-compose config` output (the resolved, validated file), run once per session."""
     if "config" not in _COMPOSE_CACHE:
-        binary = require_tool("docker-compose", "docker-compose")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-        result = run_tool([binary, "--file", "docker-compose.yml", "config"], cwd=ROOT, env=env)
+        result = run_compose_config(TEST_ENV_FILE)
         assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
         _COMPOSE_CACHE["config"] = yaml.safe_load(result.stdout)
     config: dict[str, Any] = _COMPOSE_CACHE["config"]
@@ -484,9 +507,29 @@ def test_compose_images_are_pinned_and_ports_local() -> None:
         assert ":" in image and tag and tag != "latest", f"{name}: unpinned image {image}"
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is not bound to 127.0.0.1"
+
+
+def test_compose_secrets_come_from_the_uncommitted_env_file() -> None:
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    secrets = {}
+    for name, service in raw["services"].items():
         for key, value in (service.get("environment") or {}).items():
-            if SECRET_NAME.search(key):
-                assert not value, f"{name}: {key} has a literal value"
+            if SECRET_NAME.search(key):  # never a literal: a variable of .env
+                assert re.fullmatch(r"\$\{\w+(:?[-?][^}]*)?\}", str(value)), f"{name}: {key}"
+                secrets[key] = value
+    assert "GRAFANA_ADMIN_PASSWORD" in secrets["GF_SECURITY_ADMIN_PASSWORD"]
+    assert "MDP_API_KEYS" in secrets["MDP_API_KEYS"]
+    resolved = compose_config()["services"]
+    assert resolved["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "stand-in-password"
+    # without a password compose refuses to start, naming what to do
+    refused = run_compose_config("MDP_API_KEYS=\n")
+    assert refused.returncode != 0 and "set GRAFANA_ADMIN_PASSWORD in .env" in refused.stderr
+    # .env is never committed nor sent to a Docker build; the template is committed
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+    assert ".env" in dockerignore_patterns()
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^GRAFANA_ADMIN_PASSWORD=$", example, re.MULTILINE)
+    assert re.search(r"^MDP_API_KEYS=$", example, re.MULTILINE)
 
 
 def test_compose_trainer_then_read_only_service() -> None:
@@ -555,6 +598,10 @@ def test_torchserve_config() -> None:
     assert props["model_store"] == "/models"
     assert props["inference_address"].endswith(":8080")
     assert props["metrics_address"].endswith(":8082")
+    # the management API: inside the container only, and never published
+    assert props["management_address"] == "http://127.0.0.1:8081"
+    ports = compose_config()["services"]["torchserve"]["ports"]
+    assert not [port for port in ports if "8081" in str(port)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -644,13 +691,13 @@ def test_dashboard_queries_substitute_every_variable() -> None:
 
 def test_dashboard_queries_use_known_series_and_the_domain_filter() -> None:
     for query in dashboard_targets():
-        names = set(re.findall(r"\bmdp_\w+", query.raw))
+        names = set(SERIES_NAME.findall(query.raw))
         assert names, f"{query.panel}: no service metric"
         unknown = names - SERVICE_SERIES
         assert not unknown, f"{query.panel}: unknown series {sorted(unknown)}"
-        for selector in re.findall(r"\b(mdp_\w+)(\{[^}]*\})?", query.raw):
+        for selector in re.findall(rf"({SERIES_NAME.pattern})(\{{[^}}]*\}})?", query.raw):
             name, labels = selector
-            if name != "mdp_model_info":
+            if name not in UNLABELLED_SERIES:
                 assert 'domain=~"$domain"' in labels, f"{query.panel}: {name} not filtered"
         ranges = re.findall(r"\[([^\]]+)\]", query.raw)
         assert all(r == "$__rate_interval" for r in ranges), f"{query.panel}: {ranges}"
@@ -670,8 +717,20 @@ def test_dashboard_covers_the_required_views() -> None:
     assert has("histogram_quantile(0.95", "mdp_batch_compute_seconds_bucket")
     assert has("mdp_batch_size_sum", "/", "mdp_batch_size_count")
     assert has("mdp_queue_depth")
-    assert has("sum by (domain, reason)", "mdp_rejections_total")
-    assert has('status!~"2.."', "mdp_requests_total")
+    # only the reasons that occur are drawn, not every domain x reason series from start-up
+    assert has("sum by (domain, reason)", "mdp_rejections_total", ") > 0")
+    # client and server errors apart, per domain too
+    for status_class in ("4xx", "5xx"):
+        assert has(f'class="{status_class}"', "mdp_requests_total", "sum by (domain)")
+        assert has(f'class="{status_class}"', "mdp_requests_total", "sum(rate(")
+    assert not has('status!~"2.."')
+    assert has("mdp_in_flight_requests") and has("mdp_preprocess_pending_images")
+    for series in (
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+    ):
+        assert has(series)
     assert has("mdp_model_info")
 
 
