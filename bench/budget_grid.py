@@ -23,7 +23,7 @@ import argparse
 import json
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def main() -> None:
     backbone = pretrain_backbone(
         domains, ArchSpec(), PretrainConfig(steps=args.pretrain_steps), args.backbone
     )
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     rows = []
     for budget in args.budgets:
         for sharing in args.sharing:

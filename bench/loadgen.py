@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from devtools import http_load
 from devtools.torchserve_local import free_port
 from multidomain.artifact import load_artifact
 
@@ -88,31 +89,15 @@ async def closed_loop(
     url = urllib.parse.urlsplit(target.url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     wire = [_serialise(host, port, target, request) for request in requests]
-    samples: list[tuple[str, float]] = []
-    statuses: dict[int, int] = {}
-    sent = 0
-
-    async def client(count: int, record: bool) -> None:
-        nonlocal sent
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            while sent < count:
-                request, payload = requests[sent % len(requests)], wire[sent % len(wire)]
-                sent += 1
-                start = time.perf_counter()
-                writer.write(payload)
-                status = await _read_response(reader)
-                if record:
-                    samples.append((request.domain, time.perf_counter() - start))
-                    statuses[status] = statuses.get(status, 0) + 1
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(client(warmup, False) for _ in range(concurrency)))
-    sent = 0
+    await http_load.closed_loop(host, port, wire, concurrency, warmup)
     started = time.perf_counter()
-    await asyncio.gather(*(client(total, True) for _ in range(concurrency)))
-    return Run(concurrency, time.perf_counter() - started, statuses, samples)
+    shots = await http_load.closed_loop(host, port, wire, concurrency, total)
+    wall = time.perf_counter() - started
+    statuses: dict[int, int] = {}
+    for shot in shots:
+        statuses[shot.status] = statuses.get(shot.status, 0) + 1
+    samples = [(requests[shot.index].domain, shot.latency_s) for shot in shots]
+    return Run(concurrency, wall, statuses, samples)
 
 
 def summarise(runs: Sequence[Run]) -> dict[str, Any]:
@@ -170,30 +155,20 @@ def run_closed_loop(
 
 def _serialise(host: str, port: int, target: Target, request: Request) -> bytes:
     path, headers = target.make(request)
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    lines.append(f"Content-Length: {len(request.body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + request.body
+    return http_load.raw_request(host, port, "POST", path, request.body, headers)
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    """Read one HTTP/1.1 response (Content-Length or chunked body); return its status code."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    fields = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        fields[name.strip().lower()] = value.strip()
-    if "content-length" in fields:
-        await reader.readexactly(int(fields["content-length"]))
-    elif fields.get("transfer-encoding", "").lower() == "chunked":
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    return status
+def export_revision(revision: str, folder: Path) -> Path:
+    """The code of a git revision of this repository, extracted into ``folder`` (to run a
+    server from, beside the working tree's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", revision],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
 
 
 def _get_ok(url: str) -> bool:
@@ -281,7 +256,16 @@ def fastapi_process(
 
 
 @contextlib.contextmanager
-def fastapi_server(artifact_path: Path, settings: dict[str, str], log_path: Path) -> Iterator[str]:
-    """``python -m service`` on a free port until the block ends; yields its base URL."""
-    with fastapi_process(artifact_path, settings, log_path) as (url, _):
+def fastapi_server(
+    artifact_path: Path,
+    settings: dict[str, str],
+    log_path: Path,
+    root: Path = ROOT,
+    started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> Iterator[str]:
+    """``python -m service`` (the code under ``root``) on a free port until the block ends;
+    yields its base URL (and hands the process to ``started`` once it is ready)."""
+    with fastapi_process(artifact_path, settings, log_path, source_tree=root) as (url, process):
+        if started is not None:
+            started(process)
         yield url

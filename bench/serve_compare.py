@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -896,7 +896,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "command": command()
         if argv is None
         else shlex.join(["python", "bench/serve_compare.py", *argv]),
-        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+        "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "wall_s": round(time.time() - started, 1),
         "quick": args.quick,
         "machine": machine(),

@@ -469,6 +469,14 @@ def pipeline(
     cache_dir: CacheOpt = Path("data_cache"),
     image_size: SizeOpt = 32,
     seed: SeedOpt = 0,
+    if_missing: Annotated[
+        bool,
+        typer.Option(
+            "--if-missing",
+            help="Train only when the store holds no complete, verified version of the model "
+            "(of --model-version, if given); otherwise keep the newest one.",
+        ),
+    ] = False,
 ) -> None:
     """The main job: from the data to a served model.
 
@@ -493,6 +501,13 @@ def pipeline(
             latency_table=latency_table,
             latency_batch=latency_batch,
         )
+        existing = _verified_version(model_store, model_name, version) if if_missing else None
+        if existing is not None:
+            typer.echo(f"{existing} exists and verifies: not training (--if-missing)")
+            if serve:
+                _serve(["--model-store", str(model_store), "--model-name", model_name,
+                        "--model-version", existing.name, "--port", str(port)])  # fmt: skip
+            return
         _check_target(model_store, model_name, version)
         _check_budget(arch, config, domains, profile_to)
         loaded = _load(domains, cache_dir, image_size, seed)
@@ -533,6 +548,22 @@ def _announce_when_ready(ready_url: str, message: str, interval_s: float = 0.2) 
 
     threading.Thread(target=wait, name="announce-ready", daemon=True).start()
     return stop
+
+
+def _verified_version(model_store: Path, model_name: str, version: str | None) -> Path | None:
+    """The newest complete version (or ``version``) if it loads and verifies, else None."""
+    from multidomain.artifact import ArtifactError, load_artifact, resolve_artifact
+
+    try:
+        path = resolve_artifact(model_store, model_name, version or "latest")
+    except ArtifactError:
+        return None
+    try:
+        load_artifact(path)
+    except ArtifactError as exc:
+        typer.echo(f"warning: {path} does not verify ({exc}); training a new version", err=True)
+        return None
+    return path
 
 
 def _write_sample_image(domain: Any, folder: Path) -> Path:

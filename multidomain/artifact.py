@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from multidomain.arch import ArchitectureError, ArchSpec
 from multidomain.compact import CompactBackbone
-from multidomain.files import sha256_file
+from multidomain.files import apply_umask_mode, sha256_file
 from multidomain.fold import DomainFold, FoldedNetwork, channels_last_weights, fold_weights
 from multidomain.network import ResNet26, split_state_dict
 
@@ -192,7 +193,8 @@ def write_artifact(
     shared: Mapping[str, Tensor],
     domain_tensors: Sequence[Mapping[str, Tensor]],
 ) -> Path:
-    """Write atomically: a temporary folder beside ``out_dir`` renamed into place at the end."""
+    """Write atomically: a temporary folder beside ``out_dir`` renamed into place at the end,
+    with the modes the umask gives (readable by other users under umask 022)."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ArtifactError(f"artifact folder already exists: {out_dir}")
@@ -211,6 +213,8 @@ def write_artifact(
         full = {**body, "weights_sha256": sha256_file(tmp / WEIGHTS_FILE)}
         (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
         load_artifact(tmp)  # refuse to publish anything that does not load back
+        for path in (tmp / WEIGHTS_FILE, tmp / MANIFEST_FILE, tmp):
+            apply_umask_mode(path)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -379,7 +383,9 @@ def load_artifact(path: Path) -> Artifact:
 
 
 def resolve_artifact(model_store: Path, model_name: str, version: str = "latest") -> Path:
-    """``model_store/<name>/<version>``; ``latest`` is the newest complete version folder."""
+    """``model_store/<name>/<version>``; ``latest`` is the complete version folder whose
+    manifest's ``created_at`` is newest (folder name breaking ties; a manifest without a
+    readable ``created_at`` counts as oldest, one that is not valid JSON is skipped)."""
     check_name("model name", model_name)
     root = Path(model_store) / model_name
     if version != "latest":
@@ -388,13 +394,35 @@ def resolve_artifact(model_store: Path, model_name: str, version: str = "latest"
         if not (target / MANIFEST_FILE).is_file():
             raise ArtifactError(f"no artifact at {target}")
         return target
-    candidates = sorted(
-        (p for p in root.glob("*") if (p / MANIFEST_FILE).is_file() and not p.name.startswith(".")),
-        key=lambda p: p.name,
-    )
+    candidates = []
+    for folder in root.glob("*"):
+        if folder.name.startswith(".") or not (folder / MANIFEST_FILE).is_file():
+            continue
+        created = _created_at(folder / MANIFEST_FILE)
+        if created is not None:
+            candidates.append((created, folder.name, folder))
     if not candidates:
         raise ArtifactError(f"no artifact versions under {root}")
-    return candidates[-1]
+    return max(candidates)[2]
+
+
+_OLDEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _created_at(manifest_path: Path) -> datetime | None:
+    """The manifest's ``created_at`` (UTC when it names no zone), ``_OLDEST`` when it has none
+    that parses, None when the manifest is not a JSON object."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    try:
+        created = datetime.fromisoformat(str(manifest["created_at"]))
+    except (KeyError, ValueError):
+        return _OLDEST
+    return created if created.tzinfo is not None else created.replace(tzinfo=UTC)
 
 
 def find_artifact(path: Path) -> Path:

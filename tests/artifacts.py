@@ -61,6 +61,7 @@ def write_tiny_artifact(
     seed: int = 0,
     group: int = 1,
     manifest_group: int | None = None,
+    created_at: str = "2026-01-01T00:00:00+00:00",
 ) -> Path:
     """``group``: channels switched together; ``manifest_group``: the ``channel_group`` the
     manifest claims (default: ``group``)."""
@@ -84,7 +85,7 @@ def write_tiny_artifact(
     manifest = {
         "model_name": model_name,
         "version": version,
-        "created_at": "2026-01-01T00:00:00+00:00",
+        "created_at": created_at,
         "command": "tests",
         "architecture": model.arch.to_dict(),
         "compact_mid_channels": parts.union_mid_channels,

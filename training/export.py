@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ def artifact_target(model_store: Path, model_name: str, version: str | None) -> 
     """``model_store/<name>/<version>`` (version defaults to a UTC timestamp); refuses an
     existing folder so that a finished artifact is never overwritten."""
     check_name("model name", model_name)
-    version = check_name("version", version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    version = check_name("version", version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
     target = Path(model_store) / model_name / version
     if target.exists():
         raise RunError(f"{target} already exists; choose another version")
@@ -206,7 +206,7 @@ def export_artifact(
     manifest = {
         "model_name": model_name,
         "version": version,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command_line(),
         "architecture": arch.to_dict(),
         "channel_group": resolved.group,

@@ -357,3 +357,30 @@ def test_profile_writes_a_table_the_budget_accepts(tmp_path: Path) -> None:
     )
     assert code == 2 and output.startswith("error: channel group 16 does not divide")
     assert not (tmp_path / "x").exists()
+
+
+def test_pipeline_if_missing_keeps_a_verified_version(tmp_path: Path) -> None:
+    from tests.artifacts import write_tiny_artifact
+
+    path = write_tiny_artifact(tmp_path, model_name="default", version="v1")
+    code, output = run(
+        "pipeline", "--if-missing", "--no-serve", "--model-store", str(tmp_path),
+        "--cache-dir", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert code == 0, output
+    assert f"{path} exists and verifies: not training (--if-missing)" in output
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+
+
+def test_if_missing_trains_past_a_missing_or_corrupt_version(tmp_path: Path) -> None:
+    from mdprune.cli import _verified_version
+    from tests.artifacts import write_tiny_artifact
+
+    assert _verified_version(tmp_path, "default", None) is None
+    path = write_tiny_artifact(tmp_path, model_name="default", version="v1")
+    assert _verified_version(tmp_path, "default", None) == path
+    assert _verified_version(tmp_path, "default", "v1") == path
+    assert _verified_version(tmp_path, "default", "v2") is None
+    weights = path / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    assert _verified_version(tmp_path, "default", None) is None
