@@ -303,15 +303,17 @@ def _profile(
     threads: int | None,
     repeats: int,
     out: Path,
+    clock: str = "wall",
 ) -> None:
     """Measure a latency table (``multidomain.latency.profile_latency``) with a progress bar
     and write it to ``out``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from multidomain.latency import profile_latency
+    from multidomain.latency import profile_latency, timer
     from multidomain.serving import ServingSettings
 
     threads = ServingSettings.load(None).torch_threads if threads is None else threads
+    timer(clock, threads)  # a clock that cannot time these threads is refused before any work
     columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeRemainingColumn(), transient=True) as progress:
         task = progress.add_task(f"profiling (groups of {group}, {threads} threads)")
@@ -319,13 +321,15 @@ def _profile(
         def advance(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        table = profile_latency(arch, group, batch_sizes, threads, repeats, advance)
+        table = profile_latency(arch, group, batch_sizes, threads, repeats, advance, clock)
     table.save(out)
     sizes = ", ".join(
         f"batch {b}: backbone {table.backbone_ms[b]:.3f} ms, fixed part {table.fixed_ms(b):.3f} ms"
         for b in table.batch_sizes
     )
-    typer.echo(f"wrote {out} ({table.cpu_capability}, {threads} threads; {sizes})", err=True)
+    typer.echo(
+        f"wrote {out} ({table.cpu_capability}, {threads} threads, {clock} clock; {sizes})", err=True
+    )
     if any(table.fixed_ms(b) < 0 for b in table.batch_sizes):
         typer.echo(
             "warning: the blocks timed alone took longer than the whole network (was the machine "
@@ -351,6 +355,13 @@ def profile(
         int | None, typer.Option(help="torch threads (default: MDP_TORCH_THREADS, else 1).")
     ] = None,
     repeats: Annotated[int, typer.Option(help="Alternating repeats (median).")] = 30,
+    clock: Annotated[
+        str,
+        typer.Option(
+            help="wall: elapsed time; cpu: the timing thread's CPU time (1 thread only), which "
+            "other processes' load does not inflate: use it on a busy machine."
+        ),
+    ] = "wall",
     out: Annotated[Path, typer.Option("--out", "-o", help="The latency table (JSON).")] = Path(
         "runs/latency_table.json"
     ),
@@ -373,7 +384,7 @@ def profile(
         check_channel_group(arch, group)
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        _profile(arch, group, batch_size, threads, repeats, out)
+        _profile(arch, group, batch_size, threads, repeats, out, clock)
 
 
 def _check_target(model_store: Path, model_name: str, version: str | None) -> None:

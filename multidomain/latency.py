@@ -40,6 +40,7 @@ from multidomain.groups import check_channel_group, cpu_capability
 from multidomain.network import ResNet26
 
 __all__ = [
+    "CLOCKS",
     "TABLE_FORMAT",
     "LatencyCost",
     "LatencyTable",
@@ -47,6 +48,7 @@ __all__ = [
     "profile_latency",
     "time_alternately",
     "time_networks",
+    "timer",
 ]
 
 TABLE_FORMAT = "multidomain-pruning-latency-table"
@@ -57,14 +59,33 @@ class LatencyTableError(ValueError):
     """A latency table that is unreadable or made for another network or machine."""
 
 
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def timer(clock: str, threads: int) -> Callable[[], float]:
+    """The clock a timing reads: ``wall`` (elapsed time) or ``cpu`` (the calling thread's CPU
+    time). With one torch thread every operator runs in the calling thread, so ``cpu`` is the
+    compute time without the time other processes took the core away: the figure to measure
+    on a shared, busy machine. It needs ``threads == 1``."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    if clock == "cpu" and threads != 1:
+        raise ValueError(
+            f"clock cpu needs 1 torch thread (other threads' time is not counted), got {threads}"
+        )
+    return CLOCKS[clock]
+
+
 def time_alternately(
     calls: Sequence[Callable[[], object]],
     repeats: int,
     warmup: int = 3,
     on_round: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[float]:
-    """Median wall time in ms of every call, timed in turn ``repeats`` times (so that the
-    machine's drift affects all alike), under ``torch.inference_mode``."""
+    """Median time in ms (``clock``: wall time by default) of every call, timed in turn
+    ``repeats`` times (so that the machine's drift affects all alike), under
+    ``torch.inference_mode``."""
     samples: list[list[float]] = [[] for _ in calls]
     with torch.inference_mode():
         for _ in range(warmup):
@@ -72,9 +93,9 @@ def time_alternately(
                 call()
         for round_ in range(repeats):
             for call, times in zip(calls, samples, strict=True):
-                start = time.perf_counter()
+                start = clock()
                 call()
-                times.append(time.perf_counter() - start)
+                times.append(clock() - start)
             if on_round is not None:
                 on_round(round_ + 1)
     return [1000.0 * statistics.median(times) for times in samples]
@@ -86,9 +107,12 @@ def time_networks(
     batch_sizes: Sequence[int],
     repeats: int,
     threads: int,
+    clock: str = "wall",
 ) -> dict[int, dict[str, float]]:
     """Median forward time in ms of served networks (uint8 pixels in) at every batch size, all
-    networks timed alternately, with ``threads`` torch threads (restored afterwards)."""
+    networks timed alternately, with ``threads`` torch threads (restored afterwards), on
+    ``clock`` (:func:`timer`)."""
+    read_clock = timer(clock, threads)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     out: dict[int, dict[str, float]] = {}
@@ -98,7 +122,8 @@ def time_networks(
             size = (batch, 3, image_size, image_size)
             pixels = torch.randint(0, 256, size, generator=generator).to(torch.uint8)
             calls = [partial(net, pixels) for net in networks.values()]
-            out[batch] = dict(zip(networks, time_alternately(calls, repeats), strict=True))
+            times = time_alternately(calls, repeats, clock=read_clock)
+            out[batch] = dict(zip(networks, times, strict=True))
     finally:
         torch.set_num_threads(previous)
     return out
@@ -291,10 +316,13 @@ def profile_latency(
     threads: int = 1,
     repeats: int = 30,
     on_round: Callable[[int, int], None] | None = None,
+    clock: str = "wall",
 ) -> LatencyTable:
-    """Measure a latency table on this machine (see the module docstring). ``on_round(done,
-    total)`` reports progress. Restores torch's thread count afterwards."""
+    """Measure a latency table on this machine (see the module docstring) on ``clock``
+    (:func:`timer`). ``on_round(done, total)`` reports progress. Restores torch's thread count
+    afterwards."""
     check_channel_group(arch, group)
+    read_clock = timer(clock, threads)
     if not batch_sizes or min(batch_sizes) < 1 or repeats < 1 or threads < 1:
         raise ValueError("batch sizes, repeats and threads must be >= 1")
     batch_sizes = tuple(sorted(set(batch_sizes)))
@@ -336,7 +364,7 @@ def profile_latency(
                 if on_round is not None:
                     on_round(base + round_, total)
 
-            medians = time_alternately(calls, repeats, on_round=report)
+            medians = time_alternately(calls, repeats, on_round=report, clock=read_clock)
             done += repeats
             backbone_ms[batch] = medians[0]
             curves = [[0.0] * (m // group) for m in arch.full_mid_channels()]
@@ -351,6 +379,7 @@ def profile_latency(
         "torch_version": torch.__version__,
         "fused_kernels": fused_kernels(),
         "repeats": repeats,
+        "clock": clock,
         "statistic": "median of alternating repeats; blocks of one shape measured once",
     }
     return LatencyTable(

@@ -357,6 +357,17 @@ def test_profile_writes_a_table_the_budget_accepts(tmp_path: Path) -> None:
     )
     assert code == 2 and output.startswith("error: channel group 16 does not divide")
     assert not (tmp_path / "x").exists()
+    for args, message in (
+        (["--clock", "cpu", "--threads", "2"], "error: clock cpu needs 1 torch thread"),
+        (["--clock", "gpu"], "error: clock must be one of wall, cpu, got 'gpu'"),
+    ):
+        code, output = run(
+            "profile", "--width-mult", "0.125", "--channel-group", "4", *args,
+            "--out", str(tmp_path / "x"),
+        )  # fmt: skip
+        assert code == 2 and output.startswith(message), output
+        assert len(output.strip().splitlines()) == 1
+        assert not (tmp_path / "x").exists()
 
 
 def test_pipeline_if_missing_keeps_a_verified_version(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ differentiable cost, and tables of another network or machine refused."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,13 @@ import torch
 
 from multidomain.arch import ArchSpec
 from multidomain.groups import cpu_capability
-from multidomain.latency import LatencyTable, LatencyTableError, profile_latency
+from multidomain.latency import (
+    LatencyTable,
+    LatencyTableError,
+    profile_latency,
+    time_alternately,
+    timer,
+)
 
 ARCH = ArchSpec(width_mult=0.125, image_size=16)  # mid widths 8/16/32
 GROUP = 4
@@ -118,3 +125,22 @@ def test_malformed_tables_are_refused(table: LatencyTable, tmp_path: Path) -> No
         LatencyTable.load(tmp_path / "bad.json")
     with pytest.raises(LatencyTableError, match="no latency table at"):
         LatencyTable.load(tmp_path / "none.json")
+
+
+def test_the_cpu_clock_counts_only_the_timing_threads_work() -> None:
+    """On a busy machine the cpu clock leaves out the time the core was taken away: a sleep
+    costs wall time but (almost) no CPU time. It needs one torch thread."""
+    assert timer("wall", 2) is time.perf_counter
+    assert timer("cpu", 1) is time.thread_time
+    with pytest.raises(ValueError, match="clock cpu needs 1 torch thread"):
+        timer("cpu", 2)
+    with pytest.raises(ValueError, match="clock must be one of wall, cpu, got 'gpu'"):
+        timer("gpu", 1)
+    wall, cpu = (
+        time_alternately([lambda: time.sleep(0.02)], 3, warmup=0, clock=timer(clock, 1))[0]
+        for clock in ("wall", "cpu")
+    )
+    assert wall >= 15.0 and cpu < 5.0
+    cpu_table = profile_latency(ARCH, GROUP, (1,), threads=1, repeats=2, clock="cpu")
+    assert cpu_table.info["clock"] == "cpu"
+    assert LatencyTable.from_dict(json.loads(json.dumps(cpu_table.to_dict()))) == cpu_table
