@@ -336,7 +336,7 @@ def test_malformed_multipart_is_400(client: TestClient) -> None:
 
 
 def test_framework_errors_have_the_same_shape(client: TestClient) -> None:
-    assert_error(client.get("/v2/anything"), 404, "not_found")
+    assert_error(client.get("/v9/anything"), 404, "not_found")
     response = client.delete("/v1/domains/shapes/predict")
     assert_error(response, 405, "method_not_allowed")
     assert "POST" in response.headers["allow"]
