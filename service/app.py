@@ -75,7 +75,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     state.draining, state.load_error = False, None
     torch.set_num_threads(state.settings.torch_threads)
-    rollout = Rollout(state)
+    rollout = app.state.rollout = Rollout(state)
     loading = asyncio.create_task(_load(state, rollout), name="mdp-load")
     loop = asyncio.get_running_loop()
     # SIGHUP: check the store for a new version at once (only where the loop owns signals)

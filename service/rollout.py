@@ -1,7 +1,7 @@
 """Zero-downtime rollout of model versions.
 
-With ``model_version=latest`` and ``model_poll_s > 0``, :class:`Rollout` checks the store every
-``model_poll_s`` seconds (and at once on SIGHUP, or ``check_now``) for the version
+With ``model_version=latest``, :class:`Rollout` checks the store every ``model_poll_s`` seconds
+(with 0 never on its own) and at once on SIGHUP (``check_now``) for the version
 ``resolve_artifact`` names now: the newest complete version, folders whose name starts with
 ``.`` excluded. When that is not the version being served, it loads and verifies the artifact
 and builds its networks on a worker thread, then warms a new engine up on that engine's own
@@ -81,8 +81,9 @@ class Rollout:
 
     @property
     def watching(self) -> bool:
-        settings = self._state.settings
-        return settings.model_version == "latest" and settings.model_poll_s > 0
+        """Whether the store is checked: only when serving its ``latest`` version (a pinned
+        version never changes), every ``model_poll_s`` seconds (or only on SIGHUP with 0)."""
+        return self._state.settings.model_version == "latest"
 
     def activate(self, version: ServedVersion) -> None:
         """Serve ``version`` from now on; the previous one drains and is freed."""
@@ -103,8 +104,9 @@ class Rollout:
         )
         metrics.model_resident.inc()
         weakref.finalize(model, metrics.model_resident.dec)
-        if previous is None:
-            _freeze_heap()
+        if previous is None:  # first load, before readiness: a full pass is no pause
+            gc.collect()
+            gc.freeze()
             return
         logger.info(
             "switched: model %s version %s from %s (was version %s)",
@@ -186,7 +188,7 @@ class Rollout:
             return True
 
     async def _watch(self) -> None:
-        interval = self._state.settings.model_poll_s
+        interval = self._state.settings.model_poll_s or None  # 0: on SIGHUP only
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=interval)
@@ -208,17 +210,9 @@ class Rollout:
         finally:  # also when shutting down meanwhile
             await version.engine.stop(settings.shutdown_grace_s)
         name = version.version
-        del version
-        _freeze_heap()
+        del version  # the last reference: its networks are freed now (no cycle holds them)
+        gc.freeze()  # the new version's objects: out of the cyclic collector's passes
         logger.info("released model version %s after %.2f s", name, time.monotonic() - started)
-
-
-def _freeze_heap() -> None:
-    """Collect what is garbage (an old version's cycles), then keep the long-lived objects out
-    of the cyclic collector, whose full passes over them paused every request for ~200 ms."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 def _signature(path: Path) -> _Signature:

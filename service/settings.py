@@ -174,7 +174,7 @@ class ServiceSettings(BaseSettings):
         le=86400,
         description="With model_version 'latest': seconds between checks of the store for a "
         "newer complete version, which is then loaded, warmed up and switched to without "
-        "downtime (SIGHUP checks at once); 0 turns the watch off.",
+        "downtime; 0: only SIGHUP makes the service check.",
     )
     default_top_k: int = Field(
         default=DEFAULTS.default_top_k,

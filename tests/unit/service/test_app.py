@@ -23,14 +23,13 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from torch import Tensor
 
-from multidomain.artifact import load_artifact, resolve_artifact
-from multidomain.preprocess import eval_transform
+from multidomain.artifact import resolve_artifact
 from service import engine as engine_module
 from service.app import create_app
 from service.engine import InferenceEngine
 from service.settings import ServiceSettings
 from tests.apps import ready_client, until_ready
-from tests.artifacts import TINY_DOMAINS
+from tests.artifacts import TINY_DOMAINS, offline_reference
 
 DOMAINS = list(TINY_DOMAINS)
 Reference = Callable[[str, bytes], Tensor]
@@ -140,18 +139,7 @@ def offline(store: Path) -> Iterator[Reference]:
     thread) spin against each other on a small machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    artifact = load_artifact(resolve_artifact(store, "tiny"))
-    networks = {entry.name: artifact.subnet(entry.name) for entry in artifact.domains}
-
-    def reference(domain: str, data: bytes) -> Tensor:
-        entry = artifact.domain(domain)
-        transform = eval_transform(entry.image_size, entry.mean, entry.std)
-        with Image.open(io.BytesIO(data)) as image:
-            x = transform(image).unsqueeze(0)
-        with torch.no_grad():
-            return torch.softmax(networks[domain](x), dim=1)[0]
-
-    yield reference
+    yield offline_reference(resolve_artifact(store, "tiny"))
     torch.set_num_threads(threads)
 
 
