@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import struct
 import threading
 import zlib
@@ -27,7 +28,7 @@ from multidomain.artifact import resolve_artifact
 from service import engine as engine_module
 from service.app import create_app
 from service.engine import InferenceEngine
-from service.settings import ServiceSettings
+from service.settings import ServiceSettings, SettingsError, load_settings
 from tests.apps import ready_client, until_ready
 from tests.artifacts import TINY_DOMAINS, offline_reference
 
@@ -552,3 +553,52 @@ def test_latency_buckets_end_at_the_deadline() -> None:
 def test_each_app_has_its_own_registry(store: Path) -> None:
     first, second = create_app(settings_for(store)), create_app(settings_for(store))
     assert first.state.service.metrics.registry is not second.state.service.metrics.registry
+
+
+# -- documentation offline, default top_k, version header -----------------------------------
+
+
+def test_the_docs_pages_load_every_asset_from_the_service(client: TestClient) -> None:
+    """/docs and /redoc work with no internet: every script, style and icon they reference is
+    served by the service itself (from the pinned fastapi-offline package)."""
+    for page in ("/docs", "/redoc"):
+        response = client.get(page)
+        assert response.status_code == 200
+        html = response.text
+        assert not re.search(r"https?://|\"//", html), html  # no other host
+        urls = set(re.findall(r'(?:src|href)="([^"]+)"', html))
+        assert urls and all(url.startswith("/docs/assets/") for url in urls), urls
+        for url in urls:
+            asset = client.get(url)
+            assert asset.status_code == 200, url
+            assert len(asset.content) > 1000, url
+    assert "SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").text[:5000]
+
+
+def test_top_k_defaults_to_the_setting(store: Path) -> None:
+    with ready_client(create_app(settings_for(store, default_top_k=2))) as client:
+        response = predict(client, "digits", PNG)
+        assert len(response.json()["predictions"]) == 2
+        assert len(predict(client, "digits", PNG, top_k=4).json()["predictions"]) == 4
+        files = [("files", ("a.png", PNG, "image/png"))] * 2
+        batch = client.post("/v1/domains/digits/predict/batch", files=files).json()
+        assert [len(r["predictions"]) for r in batch["results"]] == [2, 2]
+
+
+def test_default_top_k_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MDP_DEFAULT_TOP_K", "3")
+    assert load_settings().default_top_k == 3
+    monkeypatch.setenv("MDP_DEFAULT_TOP_K", "0")
+    with pytest.raises(SettingsError, match="MDP_DEFAULT_TOP_K"):
+        load_settings()
+
+
+def test_every_response_names_the_model_version(client: TestClient) -> None:
+    version = client.get("/v1/domains").json()["version"]
+    for response in (
+        predict(client, "shapes", PNG),
+        predict(client, "shapes", b"not an image"),
+        predict(client, "nope", PNG),
+        client.get("/v1/domains/colours"),
+    ):
+        assert response.headers["x-model-version"] == version
