@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import logging
 import time
@@ -212,7 +214,15 @@ class Rollout:
         name = version.version
         del version  # the last reference: its networks are freed now (no cycle holds them)
         gc.freeze()  # the new version's objects: out of the cyclic collector's passes
+        await asyncio.to_thread(_return_freed_memory)
         logger.info("released model version %s after %.2f s", name, time.monotonic() - started)
+
+
+def _return_freed_memory() -> None:
+    """Hand the freed heap back to the system (glibc keeps it otherwise), so that the process's
+    resident memory shows the old version gone."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def _signature(path: Path) -> _Signature:
