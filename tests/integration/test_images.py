@@ -5,7 +5,9 @@ without a registry, see tests/docker_engine.py), trains on the embedded benchmar
 in the trainer image, then serves the result from the service image: read-only root file system,
 model store mounted read-only, published port, HEALTHCHECK, non-root user, SIGTERM within the
 grace period. The trainer runs under another uid than the service (as a Kubernetes Job and
-Deployment may), so the service can read the artifact only if it was published readable.
+Deployment may), so the service can read the artifact only if it was published readable. A
+second version trained while the service serves under load is rolled out with no failed
+request; the docs assets and the Open Inference Protocol are served from the image.
 
 Deselected from the plain test run (pytest's addopts); skipped with the reason only when no
 Docker engine can run here.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.http as triton
 from PIL import Image
 
 from tests.docker_engine import (
@@ -187,7 +191,8 @@ def test_trained_in_the_trainer_image_served_by_the_service_image(
     docker(
         "run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp",
         "--volume", f"{store}:/models:ro", "--publish", "127.0.0.1::8000",
-        "--env", f"MDP_SHUTDOWN_GRACE_S={SHUTDOWN_GRACE_S}", SERVICE_IMAGE,
+        "--env", f"MDP_SHUTDOWN_GRACE_S={SHUTDOWN_GRACE_S}", "--env", "MDP_MODEL_POLL_S=1",
+        SERVICE_IMAGE,
     )  # fmt: skip
     healthy_after = wait_healthy(name, timeout=240)
     say(f"service container healthy after {time.monotonic() - start:.0f} s")
@@ -220,6 +225,53 @@ def test_trained_in_the_trainer_image_served_by_the_service_image(
         )
         assert bad.status_code == 422, bad.text
         assert 'mdp_requests_total{domain="digits"' in client.get("/metrics").text
+        # the docs page's assets come from the image (no CDN); the inference protocol answers
+        assert len(client.get("/docs/assets/swagger-ui-bundle.js").content) > 100_000
+        oip = triton.InferenceServerClient(url.removeprefix("http://"))
+        images_input = triton.InferInput("images", [1], "BYTES")
+        images_input.set_data_from_numpy(np.array([digit_png()], dtype=np.object_))
+        result = oip.infer("digits", [images_input], parameters={"top_k": 3})
+        assert result.as_numpy("indices")[0].tolist() == [p["index"] for p in predictions]
+        oip.close()
+
+    # a version trained while the service runs is rolled out under load, without a restart
+    answers: list[tuple[int, str | None, str | None]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                response = client.post(
+                    "/v1/domains/digits/predict",
+                    content=digit_png(),
+                    headers={"Content-Type": "image/png"},
+                )
+                version = response.json().get("version") if response.status_code == 200 else None
+                answers.append(
+                    (response.status_code, response.headers.get("x-model-version"), version)
+                )
+                time.sleep(0.05)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        output, seconds = run_trainer(containers, store, *TRAIN_ARGS, "--model-version", "v2")
+        say(f"trainer image exported v2 in {seconds:.0f} s while the service served v1")
+        start = time.monotonic()
+        while not any(version == "v2" for _, _, version in answers[-5:]):
+            assert time.monotonic() - start < 60, "the service did not switch to v2"
+            time.sleep(0.2)
+        say(f"service switched to v2 {time.monotonic() - start:.1f} s after the export")
+        count = len(answers)
+        while len(answers) < count + 5:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        loader.join(60)
+    assert all(status == 200 for status, _, _ in answers), answers
+    assert all(header == version for _, header, version in answers)
+    assert {version for _, _, version in answers} == {"v1", "v2"}
+    say(f"{len(answers)} requests during the rollout, all 200")
 
     # non-root, read-only root file system, read-only model store, python as PID 1
     assert docker("exec", name, "id", "-u").stdout.strip() == SERVICE_UID
