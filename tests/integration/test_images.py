@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.docker_engine import (
     BOOTSTRAP_BASE,
@@ -224,7 +225,15 @@ def test_trained_in_the_trainer_image_served_by_the_service_image(
             headers={"Content-Type": "image/png"},
         )
         assert bad.status_code == 422, bad.text
-        assert 'mdp_requests_total{domain="digits"' in client.get("/metrics").text
+        counted = [
+            sample.value
+            for family in text_string_to_metric_families(client.get("/metrics").text)
+            for sample in family.samples
+            if sample.name == "mdp_requests_total"
+            and sample.labels["domain"] == "digits"
+            and sample.labels["status"] == "200"
+        ]
+        assert counted == [1.0], counted
         # the docs page's assets come from the image (no CDN); the inference protocol answers
         assert len(client.get("/docs/assets/swagger-ui-bundle.js").content) > 100_000
         oip = triton.InferenceServerClient(url.removeprefix("http://"))
