@@ -47,8 +47,11 @@ from tests.unit.test_kubernetes import find, only_container
 
 pytestmark = pytest.mark.images
 
-SERVICE_IMAGE = "multidomain-pruning/service:images-test"
-TRAINER_IMAGE = "multidomain-pruning/trainer:images-test"
+#: Tags unique to this run: sessions sharing one engine (and its tags) must not run each
+#: other's images. Removed at the end; the build cache stays.
+RUN_TAG = f"images-test-{uuid.uuid4().hex[:8]}"
+SERVICE_IMAGE = f"multidomain-pruning/service:{RUN_TAG}"
+TRAINER_IMAGE = f"multidomain-pruning/trainer:{RUN_TAG}"
 SERVICE_UID = "10001"  # USER of docker/service.Dockerfile
 TRAINER_UID = 10003  # another uid, as a Kubernetes Job may run under
 SHUTDOWN_GRACE_S = 10
@@ -91,7 +94,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def images(engine: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def images(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     work = tmp_path_factory.mktemp("images")
     start = time.monotonic()
     base, how = ensure_base_image(work)
@@ -108,7 +111,10 @@ def images(engine: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
             seconds = build_image(str(ROOT / dockerfile), tag, build_args, log)
             size = int(docker("image", "inspect", "--format", "{{.Size}}", tag).stdout)
             say(f"built {tag} in {seconds:.0f} s: {size / 1e6:.0f} MB")
-    return {"service": SERVICE_IMAGE, "trainer": TRAINER_IMAGE}
+    try:
+        yield {"service": SERVICE_IMAGE, "trainer": TRAINER_IMAGE}
+    finally:
+        docker("image", "rm", SERVICE_IMAGE, TRAINER_IMAGE, check=False, timeout=120)
 
 
 @pytest.fixture
