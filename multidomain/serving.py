@@ -68,10 +68,8 @@ ALL_DOMAINS = 1_000_000
 @dataclass(frozen=True)
 class ServingSettings:
     """Settings of the model side, with their defaults. The TorchServe handler reads them all
-    with :meth:`load`; the service declares ``torch_threads``, ``max_image_pixels`` and
-    ``materialized_domains`` among its pydantic settings with these defaults and uses
-    ``default_top_k`` as the default of its ``top_k`` parameter (not a setting there). Every
-    value is an integer >= 1, but ``materialized_domains``: >= 0 or ``all``
+    with :meth:`load`; the service declares them all among its pydantic settings with these
+    defaults. Every value is an integer >= 1, but ``materialized_domains``: >= 0 or ``all``
     (:data:`ALL_DOMAINS`)."""
 
     torch_threads: int = 1  # intra-op threads of a forward pass
