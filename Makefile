@@ -8,7 +8,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 PORT ?= 8000
 
 .PHONY: setup system-deps run pipeline test test-unit test-integration images-test lint format \
-	bench bench-grid bench-serve bench-limits clean
+	bench bench-grid bench-serve bench-limits bench-paper clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,7 +63,11 @@ format: setup
 # Benchmarks print figures and record them under bench/results/ (never timed assertions).
 ARTIFACT ?= $(lastword $(sort $(wildcard model_store/default/*/)))
 
-bench: bench-grid bench-serve
+bench: bench-grid bench-serve bench-paper
+
+# width 1.0, 64x64 ResNet-26 trained briefly: the compute figure where compute dominates
+bench-paper: setup
+	$(BIN)/python bench/subnet_compute.py --paper-scale
 
 bench-grid: setup
 	$(BIN)/python bench/budget_grid.py
@@ -72,6 +76,7 @@ bench-grid: setup
 bench-serve: setup
 	@test -n "$(ARTIFACT)" || (echo "no artifact in model_store/default: run 'make pipeline' first" && exit 2)
 	$(BIN)/python bench/subnet_compute.py $(ARTIFACT)
+	$(BIN)/python bench/compact_serving.py $(ARTIFACT)
 	$(BIN)/python bench/serve_load.py $(ARTIFACT)
 	$(BIN)/python bench/serve_compare.py $(ARTIFACT)
 

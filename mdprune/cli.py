@@ -10,7 +10,7 @@ import importlib
 import sys
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -21,6 +21,7 @@ from typer.core import TyperGroup
 from multidomain import __version__
 
 if TYPE_CHECKING:
+    from multidomain.arch import ArchSpec
     from training.budget import BudgetConfig
 
 __all__ = ["app", "clean_errors", "main"]
@@ -148,7 +149,7 @@ def pretrain(
     run_dir: Annotated[Path, typer.Option(help="Where the backbone and checkpoints go.")] = Path(
         "runs/backbone"
     ),
-    width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.25,
+    width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.5,
     steps: Annotated[int, typer.Option(help="Optimizer steps (one batch per domain each).")] = 600,
     batch_size: Annotated[int, typer.Option(help="Images per domain per step.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak SGD learning rate (cosine decay).")] = 0.05,
@@ -174,9 +175,40 @@ def pretrain(
         pretrain_backbone(list(loaded.values()), arch, config, run_dir, init_from)
 
 
-BudgetOpt = Annotated[float, typer.Option(help="Budget beta in (0, 1]: each domain's cost cap.")]
+BudgetOpt = Annotated[
+    list[str],
+    typer.Option(
+        help="Budget in (0, 1]: each domain's cost cap. Repeatable: a number sets every "
+        "domain's, '<domain>=<number>' one domain's (--budget 0.5 --budget digits=0.3).",
+    ),
+]
 MetricOpt = Annotated[
-    str, typer.Option(help="What the budget caps: params, macs, or both (default).")
+    str,
+    typer.Option(
+        help="What the budget caps: params, macs, both (default), or latency (the time a "
+        "--latency-table predicts)."
+    ),
+]
+GroupOpt = Annotated[
+    str,
+    typer.Option(
+        help="Channels switched and pruned together: auto (the CPU's fp32 SIMD width: 16 on "
+        "AVX-512, 8 on AVX2, else 4), 1, 4, 8 or 16. Must divide every block's width."
+    ),
+]
+LatencyTableOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Latency table from 'mdprune profile': needed by --budget-metric latency; with "
+        "another metric it only adds predicted times to the manifest."
+    ),
+]
+LatencyBatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Batch size whose predicted time the latency budget caps (default: the "
+        "table's largest)."
+    ),
 ]
 SharingOpt = Annotated[
     str, typer.Option(help="Parameter-sharing loss: none, union, intersection or jaccard.")
@@ -195,26 +227,164 @@ VersionOpt = Annotated[
 ]
 
 
+def _parse_budgets(values: list[str]) -> tuple[float, tuple[tuple[str, float], ...]]:
+    """``--budget`` values: one plain number (every domain's), any ``<domain>=<number>``."""
+    default: float | None = None
+    per_domain: list[tuple[str, float]] = []
+    for value in values or ["0.5"]:
+        name, eq, number = value.partition("=")
+        try:
+            budget = float(number if eq else value)
+        except ValueError:
+            raise ValueError(
+                f"--budget: expected a number or <domain>=<number>, got {value!r}"
+            ) from None
+        if eq:
+            per_domain.append((name.strip(), budget))
+        elif default is not None:
+            raise ValueError(f"--budget: two budgets for every domain ({default:g}, {budget:g})")
+        else:
+            default = budget
+    return (0.5 if default is None else default), tuple(per_domain)
+
+
 def _budget_config(
-    budget: float,
+    budgets: list[str],
     metric: str,
     sharing: str,
     sharing_weight: float,
     steps: int,
     seed: int,
     learnable_sharing_weight: bool = False,
+    channel_group: str = "auto",
+    latency_table: Path | None = None,
+    latency_batch: int | None = None,
 ) -> BudgetConfig:
+    from multidomain.groups import resolve_channel_group
     from training.budget import BudgetConfig
 
+    budget, per_domain = _parse_budgets(budgets)
     return BudgetConfig(
         budget=budget,
+        domain_budgets=per_domain,
         budget_metric=metric,  # type: ignore[arg-type]
+        channel_group=resolve_channel_group(channel_group),
+        latency_table=latency_table,
+        latency_batch=latency_batch,
         sharing=sharing,  # type: ignore[arg-type]
         sharing_weight=sharing_weight,
         learnable_sharing_weight=learnable_sharing_weight,
         steps=steps,
         seed=seed,
     )
+
+
+def _check_budget(
+    arch: ArchSpec, config: BudgetConfig, domains: list[str], profile_to: Path | None = None
+) -> None:
+    """Everything about the budget that needs no data: every domain named in --budget is
+    trained, the group divides every width, the latency table fits (profiled first into
+    ``profile_to`` if given), no budget is below the floor."""
+    from multidomain.groups import check_channel_group
+    from training.budget import budget_costs
+    from training.data import plan_domains
+
+    config.check_domains([name for _, name, _ in plan_domains(domains, arch.image_size)])
+    if profile_to is not None:
+        check_channel_group(arch, config.group)
+        _profile(arch, config.group, (1, 32), None, 30, profile_to)
+    budget_costs(arch, config)
+
+
+def _profile(
+    arch: ArchSpec,
+    group: int,
+    batch_sizes: Sequence[int],
+    threads: int | None,
+    repeats: int,
+    out: Path,
+    clock: str = "wall",
+) -> None:
+    """Measure a latency table (``multidomain.latency.profile_latency``) with a progress bar
+    and write it to ``out``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from multidomain.latency import profile_latency, timer
+    from multidomain.serving import ServingSettings
+
+    threads = ServingSettings.load(None).torch_threads if threads is None else threads
+    timer(clock, threads)  # a clock that cannot time these threads is refused before any work
+    columns = (*Progress.get_default_columns()[:1], BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeRemainingColumn(), transient=True) as progress:
+        task = progress.add_task(f"profiling (groups of {group}, {threads} threads)")
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        table = profile_latency(arch, group, batch_sizes, threads, repeats, advance, clock)
+    table.save(out)
+    sizes = ", ".join(
+        f"batch {b}: backbone {table.backbone_ms[b]:.3f} ms, fixed part {table.fixed_ms(b):.3f} ms"
+        for b in table.batch_sizes
+    )
+    typer.echo(
+        f"wrote {out} ({table.cpu_capability}, {threads} threads, {clock} clock; {sizes})", err=True
+    )
+    if any(table.fixed_ms(b) < 0 for b in table.batch_sizes):
+        typer.echo(
+            "warning: the blocks timed alone took longer than the whole network (was the machine "
+            "busy?); the predictions are unreliable: profile again on an idle machine",
+            err=True,
+        )
+
+
+BatchSizesOpt = Annotated[list[int], typer.Option(help="Batch sizes to measure, repeatable.")]
+
+
+@app.command()
+def profile(
+    backbone: Annotated[
+        Path | None,
+        typer.Option(help="Take the architecture from this backbone run (else the options)."),
+    ] = None,
+    width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.5,
+    image_size: SizeOpt = 32,
+    channel_group: GroupOpt = "auto",
+    batch_size: BatchSizesOpt = [1, 32],  # noqa: B006
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads (default: MDP_TORCH_THREADS, else 1).")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Alternating repeats (median).")] = 30,
+    clock: Annotated[
+        str,
+        typer.Option(
+            help="wall: elapsed time; cpu: the timing thread's CPU time (1 thread only), which "
+            "other processes' load does not inflate: use it on a busy machine."
+        ),
+    ] = "wall",
+    out: Annotated[Path, typer.Option("--out", "-o", help="The latency table (JSON).")] = Path(
+        "runs/latency_table.json"
+    ),
+) -> None:
+    """Measure this machine's latency table.
+
+    Times the served network's every block for every number of kept channel groups, and the
+    whole network, for --budget-metric latency."""
+    with clean_errors():
+        from multidomain.arch import ArchSpec
+        from multidomain.groups import check_channel_group, resolve_channel_group
+
+        if backbone is not None:
+            from training.pretrain import backbone_record
+
+            arch = ArchSpec.from_dict(backbone_record(backbone)["arch"])
+        else:
+            arch = ArchSpec(width_mult=width_mult, image_size=image_size)
+        group = resolve_channel_group(channel_group)
+        check_channel_group(arch, group)
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        _profile(arch, group, batch_size, threads, repeats, out, clock)
 
 
 def _check_target(model_store: Path, model_name: str, version: str | None) -> None:
@@ -246,8 +416,11 @@ def train(
         "runs/backbone"
     ),
     domains: DomainsOpt = ["embedded"],  # noqa: B006
-    budget: BudgetOpt = 0.5,
+    budget: BudgetOpt = ["0.5"],  # noqa: B006
     budget_metric: MetricOpt = "both",
+    channel_group: GroupOpt = "auto",
+    latency_table: LatencyTableOpt = None,
+    latency_batch: LatencyBatchOpt = None,
     sharing: SharingOpt = "union",
     sharing_weight: SharingWeightOpt = 5.0,
     learnable_sharing_weight: LearnableOpt = False,
@@ -264,15 +437,23 @@ def train(
     the channels no domain uses and exports the compact artifact."""
     with clean_errors():
         from multidomain.arch import ArchSpec
-        from training.budget import check_budget_reachable
         from training.pretrain import backbone_record
 
         config = _budget_config(
-            budget, budget_metric, sharing, sharing_weight, steps, seed, learnable_sharing_weight
+            budget,
+            budget_metric,
+            sharing,
+            sharing_weight,
+            steps,
+            seed,
+            learnable_sharing_weight,
+            channel_group,
+            latency_table,
+            latency_batch,
         )
         _check_target(model_store, model_name, version)
         arch = ArchSpec.from_dict(backbone_record(backbone)["arch"])
-        check_budget_reachable(config, arch)
+        _check_budget(arch, config, domains)
         loaded = _load(domains, cache_dir, arch.image_size, seed)
         _train_and_export(loaded, backbone, config, model_store, model_name, version)
 
@@ -280,13 +461,16 @@ def train(
 @app.command()
 def pipeline(
     domains: DomainsOpt = ["embedded"],  # noqa: B006
-    budget: BudgetOpt = 0.5,
+    budget: BudgetOpt = ["0.5"],  # noqa: B006
     budget_metric: MetricOpt = "both",
+    channel_group: GroupOpt = "auto",
+    latency_table: LatencyTableOpt = None,
+    latency_batch: LatencyBatchOpt = None,
     sharing: SharingOpt = "union",
     sharing_weight: SharingWeightOpt = 5.0,
     steps: TrainStepsOpt = 300,
     pretrain_steps: Annotated[int, typer.Option(help="Backbone pre-training steps.")] = 600,
-    width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.25,
+    width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.5,
     run_dir: Annotated[Path, typer.Option(help="Backbone run directory.")] = Path("runs/backbone"),
     model_store: StoreOpt = Path("model_store"),
     model_name: NameOpt = "default",
@@ -311,10 +495,23 @@ def pipeline(
     is printed once the service is ready."""
     with clean_errors():
         from multidomain.arch import ArchSpec
-        from training.budget import check_budget_reachable
         from training.pretrain import PretrainConfig, pretrain_backbone
 
-        config = _budget_config(budget, budget_metric, sharing, sharing_weight, steps, seed)
+        arch = ArchSpec(width_mult=width_mult, image_size=image_size)
+        profile_to = None
+        if budget_metric == "latency" and latency_table is None:
+            profile_to = latency_table = run_dir / "latency_table.json"
+        config = _budget_config(
+            budget,
+            budget_metric,
+            sharing,
+            sharing_weight,
+            steps,
+            seed,
+            channel_group=channel_group,
+            latency_table=latency_table,
+            latency_batch=latency_batch,
+        )
         existing = _verified_version(model_store, model_name, version) if if_missing else None
         if existing is not None:
             typer.echo(f"{existing} exists and verifies: not training (--if-missing)")
@@ -323,8 +520,7 @@ def pipeline(
                         "--model-version", existing.name, "--port", str(port)])  # fmt: skip
             return
         _check_target(model_store, model_name, version)
-        arch = ArchSpec(width_mult=width_mult, image_size=image_size)
-        check_budget_reachable(config, arch)
+        _check_budget(arch, config, domains, profile_to)
         loaded = _load(domains, cache_dir, image_size, seed)
         pretrain_backbone(
             list(loaded.values()), arch, PretrainConfig(steps=pretrain_steps, seed=seed), run_dir
@@ -410,14 +606,19 @@ def verify(path: ArtifactArg) -> None:
         from multidomain.artifact import find_artifact, load_artifact
 
         artifact = load_artifact(find_artifact(path))
-        typer.echo(f"{artifact.name} {artifact.version}: OK")
+        group = artifact.manifest.get("channel_group", 1)
+        typer.echo(f"{artifact.name} {artifact.version}: OK (channel group {group})")
         for entry in artifact.domains:
             info = entry.info
+            measured = (info.get("latency") or {}).get("measured_fraction") or {}
+            timed = "".join(f", time {v:.3f} at batch {b}" for b, v in measured.items())
             typer.echo(
                 f"  {entry.name}: {entry.num_classes} classes, "
                 f"mid channels {sum(entry.mid_channels)}"
+                f", budget {info.get('budget', artifact.manifest.get('budget', float('nan')))}"
                 f", params fraction {info.get('params_fraction', float('nan')):.3f}"
                 f", MACs fraction {info.get('macs_fraction', float('nan')):.3f}"
+                f"{timed}"
                 f", test accuracy {info.get('test_accuracy', float('nan')):.4f}"
             )
 

@@ -41,7 +41,7 @@ class ArchSpec:
     """Enough to rebuild the network with no training code."""
 
     name: str = "resnet26"
-    width_mult: float = 0.25
+    width_mult: float = 0.5
     blocks_per_stage: int = 4
     image_size: int = 32
     in_channels: int = 3

@@ -31,12 +31,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from multidomain.arch import ArchitectureError, ArchSpec
+from multidomain.compact import CompactBackbone
 from multidomain.files import apply_umask_mode, sha256_file
-from multidomain.fold import serving_network
-from multidomain.network import ResNet26, domain_tensor_name
+from multidomain.fold import DomainFold, FoldedNetwork, channels_last_weights, fold_weights
+from multidomain.network import ResNet26, split_state_dict
 
 __all__ = [
     "FORMAT_NAME",
@@ -84,25 +85,6 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
     body = {k: v for k, v in manifest.items() if k != "weights_sha256"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def split_state_dict(
-    state: Mapping[str, Tensor],
-) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
-    """Split a multi-domain ``ResNet26`` state dict into shared tensors and per-domain tensors
-    (BN-set index removed from the names). ``num_batches_tracked`` is dropped."""
-    shared: dict[str, Tensor] = {}
-    per_domain: dict[int, dict[str, Tensor]] = {}
-    for name, tensor in state.items():
-        if name.endswith("num_batches_tracked"):
-            continue
-        parsed = domain_tensor_name(name)
-        if parsed is None:
-            shared[name] = tensor
-        else:
-            key = f"head.{parsed.leaf}" if parsed.is_head else f"{parsed.prefix}.{parsed.leaf}"
-            per_domain.setdefault(parsed.domain, {})[key] = tensor
-    return shared, [per_domain[k] for k in sorted(per_domain)]
 
 
 def subnet_state_dict(
@@ -182,10 +164,27 @@ class Artifact:
         net.load_state_dict(state, strict=True)
         return net.eval()
 
-    def served_network(self, name: str) -> nn.Module:
-        """What serving runs for a domain: ``serving_network`` of its compact subnetwork."""
+    def fold(self, name: str) -> DomainFold:
+        """What the domain adds to the shared convolutions, ready to fold
+        (``multidomain.fold``)."""
         entry = self.domain(name)
-        return serving_network(self.subnet(name), entry.mean, entry.std)
+        tensors = self.domain_tensors[entry.index]
+        return DomainFold.from_tensors(self.arch, tensors, entry.channels, entry.mean, entry.std)
+
+    def served_network(self, name: str) -> FoldedNetwork:
+        """What serving runs for a domain, as a dense network of its own (uint8 pixels in,
+        logits out): its channels of the shared weights with its BatchNorm folded in."""
+        return fold_weights(self.arch, channels_last_weights(self.shared), self.fold(name))
+
+    def compact_backbone(self, materialized_domains: int) -> CompactBackbone:
+        """Every domain served from one copy of the shared weights (``multidomain.compact``),
+        ``materialized_domains`` folded networks cached."""
+        folds = [self.fold(entry.name) for entry in self.domains]
+        return CompactBackbone(self.arch, self.shared, folds, materialized_domains)
+
+    def tensors(self) -> list[Tensor]:
+        """Every tensor of the weights file."""
+        return [*self.shared.values(), *(t for d in self.domain_tensors for t in d.values())]
 
 
 def write_artifact(
@@ -317,10 +316,23 @@ def load_artifact(path: Path) -> Artifact:
         for u, full in zip(union, arch.full_mid_channels(), strict=True)
     ):
         raise ArtifactError("manifest: compact_mid_channels does not fit the architecture")
+    group = manifest.get("channel_group", 1)
+    if not isinstance(group, int) or isinstance(group, bool) or group < 1:
+        raise ArtifactError("manifest: channel_group must be an integer >= 1")
+    if any(u % group for u in union):
+        raise ArtifactError(
+            f"manifest: compact_mid_channels {union} are not multiples of the channel group {group}"
+        )
     raw_domains = _require(manifest, "domains", list, "")
     if not raw_domains:
         raise ArtifactError("manifest: no domains")
     domains = [_parse_domain(k, raw, arch, union) for k, raw in enumerate(raw_domains)]
+    for entry in domains:
+        if any(m % group for m in entry.mid_channels):
+            raise ArtifactError(
+                f"manifest: domain {entry.name!r} keeps {entry.mid_channels} mid channels, not "
+                f"multiples of the channel group {group}"
+            )
     names = [d.name for d in domains]
     if len(set(names)) != len(names):
         raise ArtifactError(f"manifest: duplicate domain names in {names}")

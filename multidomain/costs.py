@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor
 
 from multidomain.arch import ArchSpec
 
@@ -96,6 +99,21 @@ def subnet_totals(
     return totals(layer_costs(arch, mid_channels, heads))
 
 
+class DomainCost(Protocol):
+    """A domain's cost as a fraction of the backbone's, given its kept mid channels per block:
+    ``fraction`` for counts, ``soft_fraction`` differentiable in soft counts (tensors, any
+    shape, e.g. one entry per domain), ``floor`` with one group of channels per block."""
+
+    @property
+    def name(self) -> str: ...
+
+    def fraction(self, channels: Sequence[float]) -> float: ...
+
+    def soft_fraction(self, channels: Sequence[Tensor]) -> Tensor: ...
+
+    def floor(self, group: int) -> float: ...
+
+
 @dataclass(frozen=True)
 class LinearCost:
     """Backbone cost of a domain as ``fixed + sum_b per_channel[b] * active[b]``."""
@@ -103,15 +121,31 @@ class LinearCost:
     fixed: float
     per_channel: tuple[float, ...]
     full: float
+    metric: CostMetric = "params"
+
+    @property
+    def name(self) -> str:
+        return self.metric
 
     def fraction(self, active: Sequence[float]) -> float:
         used = self.fixed + sum(c * a for c, a in zip(self.per_channel, active, strict=True))
         return used / self.full
 
+    def soft_fraction(self, channels: Sequence[Tensor]) -> Tensor:
+        used = sum(
+            (c * a for c, a in zip(self.per_channel, channels, strict=True)),
+            torch.zeros(()),
+        )
+        return (used + self.fixed) / self.full
+
+    def floor(self, group: int) -> float:
+        """Cost with one group of ``group`` channels per block: the least a domain can cost."""
+        return (self.fixed + group * sum(self.per_channel)) / self.full
+
     @property
     def min_fraction(self) -> float:
-        """Cost with one channel per block: the least a domain can cost."""
-        return (self.fixed + sum(self.per_channel)) / self.full
+        """Cost with one channel per block."""
+        return self.floor(1)
 
 
 def linear_cost(arch: ArchSpec, metric: CostMetric) -> LinearCost:
@@ -124,7 +158,8 @@ def linear_cost(arch: ArchSpec, metric: CostMetric) -> LinearCost:
         one = list(zero)
         one[i] = 1
         per_channel.append(float(backbone_totals_for(arch, one).get(metric) - fixed))
-    return LinearCost(float(fixed), tuple(per_channel), float(backbone_totals(arch).get(metric)))
+    full = float(backbone_totals(arch).get(metric))
+    return LinearCost(float(fixed), tuple(per_channel), full, metric)
 
 
 def backbone_totals_for(arch: ArchSpec, mid_channels: Sequence[int]) -> Totals:

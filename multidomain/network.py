@@ -15,13 +15,14 @@ a shared one by its state-dict name.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from multidomain.arch import ArchitectureError, ArchSpec, BlockSpec
+from multidomain.groups import expand_groups
 
 __all__ = [
     "BasicBlock",
@@ -31,6 +32,7 @@ __all__ = [
     "Shortcut",
     "Stem",
     "domain_tensor_name",
+    "split_state_dict",
     "ste_binarize",
 ]
 
@@ -164,6 +166,25 @@ def domain_tensor_name(name: str) -> DomainTensorName | None:
     return DomainTensorName(prefix, int(match["set"]), match["leaf"])
 
 
+def split_state_dict(
+    state: Mapping[str, Tensor],
+) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
+    """Split a multi-domain ``ResNet26`` state dict into shared tensors and per-domain tensors
+    (BN-set index removed from the names). ``num_batches_tracked`` is dropped."""
+    shared: dict[str, Tensor] = {}
+    per_domain: dict[int, dict[str, Tensor]] = {}
+    for name, tensor in state.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        parsed = domain_tensor_name(name)
+        if parsed is None:
+            shared[name] = tensor
+        else:
+            key = f"head.{parsed.leaf}" if parsed.is_head else f"{parsed.prefix}.{parsed.leaf}"
+            per_domain.setdefault(parsed.domain, {})[key] = tensor
+    return shared, [per_domain[k] for k in sorted(per_domain)]
+
+
 def ste_binarize(scores: Tensor) -> Tensor:
     """Hard 0/1 mask in the forward pass; sigmoid(scores)'s gradient in the backward pass."""
     soft = torch.sigmoid(scores)
@@ -172,23 +193,34 @@ def ste_binarize(scores: Tensor) -> Tensor:
 
 
 class ChannelSwitches(nn.Module):
-    """One real-valued score per (domain, block, mid channel); a channel is on iff score > 0."""
+    """One real-valued score per (domain, block, group of ``group`` consecutive mid channels);
+    a group is on iff its score > 0. ``group`` must divide every block's width."""
 
-    def __init__(self, num_domains: int, mid_channels: Sequence[int], init: float = 1.0) -> None:
+    def __init__(
+        self, num_domains: int, mid_channels: Sequence[int], init: float = 1.0, group: int = 1
+    ) -> None:
         super().__init__()
+        if group < 1 or any(m % group for m in mid_channels):
+            raise ArchitectureError(f"channel group {group} does not divide {list(mid_channels)}")
+        self.group = group
         self.scores = nn.ParameterList(
-            nn.Parameter(torch.full((num_domains, m), float(init))) for m in mid_channels
+            nn.Parameter(torch.full((num_domains, m // group), float(init))) for m in mid_channels
         )
 
     def masks(self, domain: int) -> list[Tensor]:
-        """Straight-through masks of one domain, one tensor per block."""
-        return [ste_binarize(s[domain]) for s in self.scores]
+        """Straight-through masks of one domain per channel, one tensor per block."""
+        return [expand_groups(ste_binarize(s[domain]), self.group) for s in self.scores]
 
-    def all_masks(self) -> list[Tensor]:
-        """Straight-through masks of every domain: per block a [domains, channels] tensor."""
+    def group_masks(self) -> list[Tensor]:
+        """Straight-through masks of every domain: per block a [domains, groups] tensor."""
         return [ste_binarize(s) for s in self.scores]
 
     @torch.no_grad()
-    def hard_masks(self) -> list[Tensor]:
-        """Boolean masks per block, shape [domains, channels]."""
+    def hard_group_masks(self) -> list[Tensor]:
+        """Boolean group masks per block, shape [domains, groups]."""
         return [(s > 0) for s in self.scores]
+
+    @torch.no_grad()
+    def hard_masks(self) -> list[Tensor]:
+        """Boolean channel masks per block, shape [domains, channels]."""
+        return [expand_groups(m, self.group) for m in self.hard_group_masks()]

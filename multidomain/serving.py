@@ -4,8 +4,9 @@ copy of this package) answer with the same bodies and read the same settings.
 
 * settings: :class:`ServingSettings`, the model-side knobs with their one set of defaults, each
   read from ``MDP_<NAME>`` (:func:`env_name`);
-* serving an artifact: :meth:`ServedArtifact.build` turns a verified ``Artifact`` into every
-  domain's :class:`ServedDomain` (served network + preprocessing), built once;
+* serving an artifact: :meth:`ServedArtifact.build` turns a verified ``Artifact`` into one
+  :class:`~multidomain.compact.CompactBackbone` (the shared weights once) and every domain's
+  :class:`ServedDomain` (its network on that backbone + preprocessing);
 * the three steps of a request: decode (:meth:`ServedDomain.preprocess`), predict
   (:func:`class_probabilities`) and encode (:meth:`ServedDomain.top_k`,
   :meth:`ServedArtifact.answer`);
@@ -27,9 +28,11 @@ from PIL import Image
 from torch import Tensor, nn
 
 from multidomain.artifact import Artifact, DomainEntry
+from multidomain.compact import CompactBackbone, DomainNetwork, storage_bytes
 from multidomain.preprocess import decode_to_input, eval_resize
 
 __all__ = [
+    "ALL_DOMAINS",
     "DEFAULTS",
     "ENV_PREFIX",
     "MAX_BODY_BYTES",
@@ -58,15 +61,22 @@ def env_name(name: str) -> str:
     return f"{ENV_PREFIX}{name.upper()}"
 
 
+#: ``materialized_domains`` value that keeps every domain's folded network (``all``).
+ALL_DOMAINS = 1_000_000
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     """Settings of the model side, with their defaults. The TorchServe handler reads them all
     with :meth:`load`; the service declares them all among its pydantic settings with these
-    defaults. Every value is an integer >= 1."""
+    defaults. Every value is an integer >= 1, but ``materialized_domains``: >= 0 or ``all``
+    (:data:`ALL_DOMAINS`)."""
 
     torch_threads: int = 1  # intra-op threads of a forward pass
     max_image_pixels: int = 4096 * 4096  # largest width*height, checked before decoding
     default_top_k: int = 5  # classes answered when the request names no top_k
+    # folded networks kept between batches (LRU); 0: fold every batch from the shared weights
+    materialized_domains: int = 0
 
     #: Name of the configuration section ``load`` reads, used in error messages.
     SECTION: ClassVar[str] = "settings"
@@ -86,14 +96,22 @@ class ServingSettings:
             variable = env_name(field.name)
             raw: Any = environ.get(variable, section.get(field.name, field.default))
             where = variable if variable in environ else f"{cls.SECTION}.{field.name}"
-            try:
-                value = int(raw)
-            except (TypeError, ValueError):
-                raise ValueError(f"{where}: expected an integer >= 1, got {raw!r}") from None
-            if isinstance(raw, bool) or value < 1 or str(value) != str(raw).strip():
-                raise ValueError(f"{where}: expected an integer >= 1, got {raw!r}")
-            values[field.name] = value
+            values[field.name] = _setting_value(field.name, raw, where)
         return cls(**values)
+
+
+def _setting_value(name: str, raw: Any, where: str) -> int:
+    lowest = 0 if name == "materialized_domains" else 1
+    expected = f"an integer >= {lowest}" + (" or 'all'" if lowest == 0 else "")
+    if lowest == 0 and isinstance(raw, str) and raw.strip().lower() == "all":
+        return ALL_DOMAINS
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected {expected}, got {raw!r}") from None
+    if isinstance(raw, bool) or value < lowest or str(value) != str(raw).strip():
+        raise ValueError(f"{where}: expected {expected}, got {raw!r}")
+    return value
 
 
 #: The defaults, for the service's settings and the ``.mar`` export.
@@ -127,7 +145,7 @@ def class_probabilities(network: nn.Module, images: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class ServedDomain:
     """One domain as served: its manifest entry, its served network (uint8 pixels in, logits
-    out: ``Artifact.served_network``) and its preprocessing."""
+    out: a :class:`~multidomain.compact.DomainNetwork`) and its preprocessing."""
 
     entry: DomainEntry
     network: nn.Module
@@ -163,26 +181,46 @@ class ServedDomain:
 
 @dataclass(frozen=True)
 class ServedArtifact:
-    """An artifact as served: where it was loaded from, its name, version and manifest, and
-    every domain's :class:`ServedDomain`. The artifact's tensors are not kept: each domain's
-    network holds what it needs."""
+    """An artifact as served: where it was loaded from, its name, version and manifest, the
+    one :class:`~multidomain.compact.CompactBackbone` holding the weights, and every domain's
+    :class:`ServedDomain` on it. The artifact's own tensors are not kept."""
 
     path: Path
     name: str
     version: str
     manifest: Mapping[str, Any]
     domains: Mapping[str, ServedDomain]
+    backbone: CompactBackbone
+    artifact_weight_bytes: int
 
     @classmethod
-    def build(cls: type[_Served], artifact: Artifact) -> _Served:
-        """Every domain's served network (eval mode, built once) and preprocessing."""
+    def build(
+        cls: type[_Served],
+        artifact: Artifact,
+        materialized_domains: int = DEFAULTS.materialized_domains,
+    ) -> _Served:
+        """The shared weights once, ``materialized_domains`` domains' folded networks cached,
+        every domain's network (eval mode) and preprocessing."""
+        backbone = artifact.compact_backbone(materialized_domains)
         domains = {
             entry.name: ServedDomain(
-                entry, artifact.served_network(entry.name), eval_resize(entry.image_size)
+                entry, DomainNetwork(backbone, entry.index), eval_resize(entry.image_size)
             )
             for entry in artifact.domains
         }
-        return cls(artifact.path, artifact.name, artifact.version, dict(artifact.manifest), domains)
+        return cls(
+            artifact.path,
+            artifact.name,
+            artifact.version,
+            dict(artifact.manifest),
+            domains,
+            backbone,
+            storage_bytes(artifact.tensors()),
+        )
+
+    def resident_weight_bytes(self) -> int:
+        """Bytes of the weights held between batches (``CompactBackbone.resident_bytes``)."""
+        return self.backbone.resident_bytes()
 
     def domain(self, name: str) -> ServedDomain:
         """The served domain; ``UnknownDomainError`` listing the known ones otherwise."""

@@ -1,5 +1,5 @@
 """The budget check: every domain's cost in the metric(s) its budget caps must be at or below
-the budget."""
+its budget (a domain may have its own)."""
 
 from __future__ import annotations
 
@@ -15,30 +15,44 @@ METRIC_FIELDS = {"params": ("params",), "macs": ("macs",), "both": ("params", "m
 
 def check_budget(run: Run) -> tuple[str, list[str]]:
     """``ok``/``over``/``unchecked`` and the notes: every domain's cost in the metric(s) its
-    budget caps must be at or below the budget."""
-    if run.budget is None:
+    budget caps must be at or below the domain's budget. A manifest's ``budget_costs`` (the
+    exact capped costs, ``latency@<batch>`` included) are checked where recorded, else the
+    ``params``/``macs`` fractions its ``budget_metric`` names."""
+    if run.budget is None and not any(v is not None for v in run.domain_budgets.values()):
         return "unchecked", ["no budget recorded"]
     fields = METRIC_FIELDS.get(run.budget_metric or "both", ("params", "macs"))
     notes: list[str] = []
-    maxima: list[str] = []
+    worst: dict[str, float] = {}
     over = False
-    for metric in fields:
-        fractions = run.params_fraction if metric == "params" else run.macs_fraction
-        missing = [n for n in run.domains if fractions.get(n) is None]
-        if missing:
-            notes.append(f"no {metric}_fraction for {', '.join(missing)}")
-        values = {n: v for n in run.domains if (v := fractions.get(n)) is not None}
-        if values:
-            maxima.append(f"max {metric} {max(values.values()):.4f}")
-        for name, value in values.items():
-            if value > run.budget + BUDGET_TOLERANCE:
+    for name in run.domains:
+        budget = run.domain_budgets.get(name, run.budget)
+        if budget is None:
+            notes.append(f"no budget for {name}")
+            continue
+        costs: dict[str, float | None] = dict(run.budget_costs.get(name, {}))
+        if not costs:
+            fractions = {"params": run.params_fraction, "macs": run.macs_fraction}
+            costs = {f"{metric}_fraction": fractions[metric].get(name) for metric in fields}
+        for metric, value in costs.items():
+            if value is None:
+                notes.append(f"no {metric} cost for {name}")
+                continue
+            worst[metric] = max(worst.get(metric, value), value)
+            if value > budget + BUDGET_TOLERANCE:
                 over = True
-                notes.append(f"{name} {metric}_fraction {value:.4f} > budget {run.budget:g}")
+                notes.append(f"{name} {metric} {value:.4f} > budget {budget:g}")
     if over:
         return "over", notes
-    if not maxima:
+    if not worst:
         return "unchecked", notes or ["no domain costs recorded"]
-    return "ok", [f"every domain within budget {run.budget:g} ({', '.join(maxima)})", *notes]
+    maxima = ", ".join(f"max {metric} {value:.4f}" for metric, value in worst.items())
+    return "ok", [f"every domain within budget {_budgets(run)} ({maxima})", *notes]
+
+
+def _budgets(run: Run) -> str:
+    own = {n: b for n, b in run.domain_budgets.items() if b is not None and b != run.budget}
+    text = "–" if run.budget is None else f"{run.budget:g}"
+    return text + "".join(f", {n} {b:g}" for n, b in own.items())
 
 
 def check_runs(runs: Iterable[Run]) -> None:

@@ -57,6 +57,11 @@ class Run:
     macs_fraction: dict[str, float | None]
     wall_time_s: float | None
     manifest: dict[str, Any] | None = None
+    domain_budgets: dict[str, float | None] = field(default_factory=dict)  # each domain's own
+    budget_costs: dict[str, dict[str, float]] = field(default_factory=dict)  # capped, exact
+    time_fraction: dict[str, float | None] = field(default_factory=dict)  # measured
+    predicted_time_fraction: dict[str, float | None] = field(default_factory=dict)
+    time_batch: str | None = None  # the batch size of both time fractions
     budget_status: str = "unchecked"  # ok | over | unchecked
     budget_notes: list[str] = field(default_factory=list)
     channel_plot: str | None = None
@@ -109,6 +114,11 @@ def run_from_manifest(manifest: Mapping[str, Any], source: str) -> Run:
     if mean_accuracy is None:
         mean_accuracy = mean(accuracy.values())
     learnable = sharing.get("learnable_weight")
+    latencies = [as_mapping(d.get("latency")) for d in domains]
+    measured = [as_mapping(x.get("measured_fraction")) for x in latencies]
+    batches = {b for m in measured for b in m}
+    batch = max(batches, key=_batch_order) if batches else None
+    budget = _number(manifest.get("budget"))
     return Run(
         source=source,
         model_name=str(manifest.get("model_name", "?")),
@@ -130,7 +140,31 @@ def run_from_manifest(manifest: Mapping[str, Any], source: str) -> Run:
         },
         wall_time_s=_number(as_mapping(manifest.get("training")).get("wall_time_s")),
         manifest=dict(manifest),
+        domain_budgets={
+            n: _number(d.get("budget", budget)) for n, d in zip(names, domains, strict=True)
+        },
+        budget_costs={
+            n: {
+                str(k): float(v)
+                for k, v in as_mapping(d.get("budget_costs")).items()
+                if _number(v) is not None
+            }
+            for n, d in zip(names, domains, strict=True)
+            if d.get("budget_costs")
+        },
+        time_fraction={
+            n: _number(m.get(batch or "")) for n, m in zip(names, measured, strict=True)
+        },
+        predicted_time_fraction={
+            n: _number(as_mapping(x.get("predicted_fraction")).get(batch or ""))
+            for n, x in zip(names, latencies, strict=True)
+        },
+        time_batch=batch,
     )
+
+
+def _batch_order(batch: str) -> tuple[int, str]:
+    return (int(batch) if batch.isdigit() else -1, batch)
 
 
 def run_from_grid_row(row: Mapping[str, Any], source: str) -> Run:

@@ -11,14 +11,21 @@ from reporting.inputs import Reference, Run
 __all__ = ["TABLE_LEGEND", "reference_row", "render_markdown", "render_table", "run_row"]
 
 
+def _largest(values: dict[str, float | None]) -> float | None:
+    present = [v for v in values.values() if v is not None]
+    return max(present) if present else None
+
+
 def run_row(run: Run) -> dict[str, Any]:
     macs = [v for v in run.macs_fraction.values() if v is not None]
     params = [v for v in run.params_fraction.values() if v is not None]
+    own = {n: b for n, b in run.domain_budgets.items() if b is not None and b != run.budget}
     return {
         "model_name": run.model_name,
         "version": run.version,
         "source": run.source,
         "budget": run.budget,
+        "domain_budgets": own,
         "budget_metric": run.budget_metric,
         "sharing": run.sharing,
         "sharing_weight": run.sharing_weight,
@@ -30,6 +37,11 @@ def run_row(run: Run) -> dict[str, Any]:
         "domain_macs_fraction": run.macs_fraction,
         "max_domain_params_fraction": max(params) if params else None,
         "max_domain_macs_fraction": max(macs) if macs else None,
+        "domain_time_fraction": run.time_fraction,
+        "domain_predicted_time_fraction": run.predicted_time_fraction,
+        "max_domain_time_fraction": _largest(run.time_fraction),
+        "max_domain_predicted_time_fraction": _largest(run.predicted_time_fraction),
+        "time_batch": run.time_batch,
         "wall_time_s": run.wall_time_s,
         "budget_check": run.budget_status,
         "budget_notes": run.budget_notes,
@@ -53,7 +65,10 @@ TABLE_LEGEND = (
     "Accuracy is test top-1. `compact/backbone params` counts everything needed to serve all "
     "domains (compact shared convolutions + every domain's BN and head) over the "
     "single-domain backbone. `domain MACs` and `domain params` are each domain's "
-    "subnetwork over the backbone (max over domains). `–`: not recorded."
+    "subnetwork over the backbone (max over domains); `domain time` its served forward time "
+    "over the unpruned backbone's, measured at export at the largest batch timed (predicted "
+    "by the latency table in brackets, if training had one). A budget `0.5 (x 0.3)` gives "
+    "domain `x` its own. `–`: not recorded."
 )
 
 
@@ -67,26 +82,34 @@ def render_table(
         "| budget | metric | sharing | run | "
         + "".join(f"{n} | " for n in names)
         + "mean acc | compact/backbone params | max domain params | max domain MACs "
-        "| train s | budget check |",
-        "|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|---|",
+        "| max domain time | train s | budget check |",
+        "|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|---|---|",
     ]
     for row in rows:
         accuracy = "".join(f"{_fmt(row['test_accuracy'].get(n))} | " for n in names)
         budget = "–" if row["budget"] is None else f"{row['budget']:g}"
+        own = row.get("domain_budgets") or {}
+        if own:
+            budget += " (" + ", ".join(f"{n} {b:g}" for n, b in own.items()) + ")"
         wall = "–" if row["wall_time_s"] is None else f"{row['wall_time_s']:.0f}"
+        time = _fmt(row.get("max_domain_time_fraction"))
+        if row.get("max_domain_predicted_time_fraction") is not None:
+            time += f" ({_fmt(row['max_domain_predicted_time_fraction'])})"
+        if row.get("time_batch") is not None and time != "–":
+            time += f" @{row['time_batch']}"
         lines.append(
             f"| {budget} | {row['budget_metric'] or '–'} | {row['sharing']} | "
             f"{row['model_name']}/{row['version']} | {accuracy}"
             f"{_fmt(row['mean_test_accuracy'], 4)} | {_fmt(row['compact_params_fraction'])} | "
             f"{_fmt(row['max_domain_params_fraction'])} | "
-            f"{_fmt(row['max_domain_macs_fraction'])} | {wall} | "
+            f"{_fmt(row['max_domain_macs_fraction'])} | {time} | {wall} | "
             f"{'**OVER**' if row['budget_check'] == 'over' else row['budget_check']} |"
         )
     for reference in references:
         lines.append(
             f"| – | – | – | {reference['label']} | "
             + "– | " * len(names)
-            + f"{reference['mean_test_accuracy']:.4f} | – | – | – | – | – |"
+            + f"{reference['mean_test_accuracy']:.4f} | – | – | – | – | – | – |"
         )
     return lines
 

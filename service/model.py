@@ -89,15 +89,19 @@ class ServedModel(ServedArtifact):
             backbone_macs=_integer(backbone.get("macs")),
             compact_params=_integer(compact.get("params")),
             compact_params_fraction=_number(compact.get("params_fraction")),
+            channel_group=_integer(self.manifest.get("channel_group")),
+            artifact_weight_bytes=self.artifact_weight_bytes,
+            resident_weight_bytes=self.resident_weight_bytes(),
             created_at=_text(self.manifest.get("created_at")),
             domains=[self._domain_summary(d.entry) for d in self.domains.values()],
         )
 
     def detail(self, name: str) -> DomainDetail:
         entry = self.domain(name).entry
+        model = {k: v for k, v in self._model_fields().items() if k != "budget"}  # the domain's
         return DomainDetail(
             **self._domain_summary(entry).model_dump(),
-            **self._model_fields(),
+            **model,
             labels=list(entry.labels),
             mean=list(entry.mean),
             std=list(entry.std),
@@ -114,9 +118,9 @@ class ServedModel(ServedArtifact):
             "sharing": self.sharing,
         }
 
-    @staticmethod
-    def _domain_summary(entry: DomainEntry) -> DomainSummary:
+    def _domain_summary(self, entry: DomainEntry) -> DomainSummary:
         info = entry.info
+        latency: dict[str, Any] = info["latency"] if isinstance(info.get("latency"), dict) else {}
         return DomainSummary(
             name=entry.name,
             num_classes=entry.num_classes,
@@ -126,6 +130,9 @@ class ServedModel(ServedArtifact):
             macs=_integer(info.get("macs")),
             params_fraction=_number(info.get("params_fraction")),
             macs_fraction=_number(info.get("macs_fraction")),
+            budget=_number(info.get("budget", self.budget)),
+            measured_time_fraction=_fractions(latency.get("measured_fraction")),
+            predicted_time_fraction=_fractions(latency.get("predicted_fraction")),
             val_accuracy=_number(info.get("val_accuracy")),
             test_accuracy=_number(info.get("test_accuracy")),
         )
@@ -147,7 +154,7 @@ def load_served_model(
             f"{path} has digest {digest}, but MDP_MODEL_DIGEST pins {settings.model_digest}: "
             "refusing to serve another artifact"
         )
-    model = ServedModel.build(artifact)
+    model = ServedModel.build(artifact, settings.materialized_domains)
     networks = {
         name: DomainModel(domain.network, domain.input_shape, domain.input_dtype)
         for name, domain in model.domains.items()
@@ -159,6 +166,13 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+def _fractions(value: Any) -> dict[str, float] | None:
+    if not isinstance(value, dict):
+        return None
+    numbers = {str(k): _number(v) for k, v in value.items()}
+    return {k: v for k, v in numbers.items() if v is not None} or None
 
 
 def _integer(value: Any) -> int | None:

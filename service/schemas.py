@@ -38,6 +38,17 @@ class DomainSummary(BaseModel):
     macs: int | None = Field(None, description="Multiply-accumulates per image.")
     params_fraction: float | None = Field(None, description="Share of the backbone's params.")
     macs_fraction: float | None = Field(None, description="Share of the backbone's MACs.")
+    budget: float | None = Field(
+        None, description="This domain's budget: the cap on its cost in the model's budget_metric."
+    )
+    measured_time_fraction: dict[str, float] | None = Field(
+        None,
+        description="Forward time over the unpruned backbone's, measured at export, per batch "
+        "size.",
+    )
+    predicted_time_fraction: dict[str, float] | None = Field(
+        None, description="The same predicted by the latency table, if training had one."
+    )
     val_accuracy: float | None = None
     test_accuracy: float | None = None
 
@@ -52,6 +63,12 @@ class ModelSummary(BaseModel):
     backbone_macs: int | None = None
     compact_params: int | None = Field(None, description="Pruned model, all domains together.")
     compact_params_fraction: float | None = None
+    channel_group: int | None = Field(None, description="Every kept width is a multiple of it.")
+    artifact_weight_bytes: int | None = Field(None, description="Bytes of the weights file.")
+    resident_weight_bytes: int | None = Field(
+        None,
+        description="Weight bytes this process keeps between batches (MDP_MATERIALIZED_DOMAINS).",
+    )
     created_at: str | None = None
     domains: list[DomainSummary]
 
@@ -59,7 +76,6 @@ class ModelSummary(BaseModel):
 class DomainDetail(DomainSummary):
     model: str
     version: str
-    budget: float | None = None
     budget_metric: str | None = None
     sharing: str | None = None
     labels: list[str]

@@ -1,7 +1,8 @@
 """Service settings: environment variables with the ``MDP_`` prefix, validated at start-up.
 
 The settings the TorchServe handler reads too (``torch_threads``, ``max_image_pixels``,
-``default_top_k``) take their names and defaults from :class:`multidomain.serving.ServingSettings`.
+``default_top_k``, ``materialized_domains``) take their names and defaults from
+:class:`multidomain.serving.ServingSettings`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from multidomain.serving import DEFAULTS, ENV_PREFIX, MAX_BODY_BYTES, env_name
+from multidomain.serving import ALL_DOMAINS, DEFAULTS, ENV_PREFIX, MAX_BODY_BYTES, env_name
 
 __all__ = [
     "ServiceSettings",
@@ -82,6 +83,13 @@ class ServiceSettings(BaseSettings):
         default=DEFAULTS.max_image_pixels,
         ge=1,
         description="Largest width*height, checked before decoding.",
+    )
+    materialized_domains: int = Field(
+        default=DEFAULTS.materialized_domains,
+        ge=0,
+        description="Domains whose folded network is kept between batches (most recently used; "
+        "'all' keeps every domain's). 0 folds each batch's domain from the one shared weight "
+        "set: least memory.",
     )
     max_batch_images: int = Field(default=64, ge=1, description="Most images in one batch request.")
     overload_status: int = Field(
@@ -192,6 +200,13 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _lower_log_level(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("materialized_domains", mode="before")
+    @classmethod
+    def _all_domains(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "all":
+            return ALL_DOMAINS
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

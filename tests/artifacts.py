@@ -23,13 +23,16 @@ TINY_DOMAINS = {
 }
 
 
-def random_masks(arch: ArchSpec, num_domains: int, keep: float, seed: int) -> list[torch.Tensor]:
+def random_masks(
+    arch: ArchSpec, num_domains: int, keep: float, seed: int, group: int = 1
+) -> list[torch.Tensor]:
+    """Random channel masks, switched in groups of ``group`` channels."""
     generator = torch.Generator().manual_seed(seed)
     masks = []
     for width in arch.full_mid_channels():
-        mask = torch.rand(num_domains, width, generator=generator) < keep
-        mask[:, 0] = True  # at least one channel per domain and block
-        masks.append(mask)
+        mask = torch.rand(num_domains, width // group, generator=generator) < keep
+        mask[:, 0] = True  # at least one group per domain and block
+        masks.append(mask.repeat_interleave(group, dim=1))
     return masks
 
 
@@ -45,13 +48,13 @@ def randomise_batchnorm(model: ResNet26, seed: int) -> None:
 
 
 def make_tiny_model(
-    arch: ArchSpec | None = None, keep: float = 0.5, seed: int = 0
+    arch: ArchSpec | None = None, keep: float = 0.5, seed: int = 0, group: int = 1
 ) -> tuple[ResNet26, list[torch.Tensor]]:
     arch = arch or ArchSpec(width_mult=0.125, image_size=16)
     torch.manual_seed(seed)
     model = ResNet26(arch, [len(labels) for labels in TINY_DOMAINS.values()])
     randomise_batchnorm(model, seed)
-    return model.eval(), random_masks(arch, len(TINY_DOMAINS), keep, seed)
+    return model.eval(), random_masks(arch, len(TINY_DOMAINS), keep, seed, group)
 
 
 def write_tiny_artifact(
@@ -60,9 +63,13 @@ def write_tiny_artifact(
     version: str = "v1",
     arch: ArchSpec | None = None,
     seed: int = 0,
+    group: int = 1,
+    manifest_group: int | None = None,
     created_at: str = "2026-01-01T00:00:00+00:00",
 ) -> Path:
-    model, masks = make_tiny_model(arch, seed=seed)
+    """``group``: channels switched together; ``manifest_group``: the ``channel_group`` the
+    manifest claims (default: ``group``)."""
+    model, masks = make_tiny_model(arch, seed=seed, group=group)
     parts = prune_to_compact(model, masks)
     domains = []
     for k, (name, labels) in enumerate(TINY_DOMAINS.items()):
@@ -77,6 +84,8 @@ def write_tiny_artifact(
                 "test_accuracy": 0.5,
             }
         )
+    domains[1]["budget"] = 0.4  # "colours" has its own budget
+    domains[1]["latency"] = {"measured_fraction": {"1": 0.7, "32": 0.45}}
     manifest = {
         "model_name": model_name,
         "version": version,
@@ -84,6 +93,7 @@ def write_tiny_artifact(
         "command": "tests",
         "architecture": model.arch.to_dict(),
         "compact_mid_channels": parts.union_mid_channels,
+        "channel_group": group if manifest_group is None else manifest_group,
         "budget": 0.5,
         "budget_metric": "both",
         "sharing": {"variant": "none", "weight": 0.0, "learnable_weight": False},

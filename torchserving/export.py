@@ -11,8 +11,9 @@ first on the worker's ``sys.path``):
   (a worker uses this copy even where the project is installed too);
 * ``model-config.yaml``: TorchServe's per-model settings (workers, ``batchSize``,
   ``maxBatchDelay``, ``responseTimeout``) and the handler's (``torch_threads``,
-  ``max_image_pixels``, ``default_top_k``). Settings given when registering the model through
-  the management API take precedence over TorchServe's; ``MDP_*`` variables over the handler's.
+  ``max_image_pixels``, ``default_top_k``, ``materialized_domains``). Settings given when
+  registering the model through the management API take precedence over TorchServe's;
+  ``MDP_*`` variables over the handler's.
 """
 
 from __future__ import annotations
@@ -48,10 +49,11 @@ class TorchServeModelConfig:
     torch_threads: int = DEFAULTS.torch_threads  # per worker
     max_image_pixels: int = DEFAULTS.max_image_pixels
     default_top_k: int = DEFAULTS.default_top_k
+    materialized_domains: int = DEFAULTS.materialized_domains
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
-            minimum = 0 if name == "max_batch_delay_ms" else 1
+            minimum = 0 if name in ("max_batch_delay_ms", "materialized_domains") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
@@ -67,6 +69,7 @@ class TorchServeModelConfig:
             f"  torch_threads: {self.torch_threads}\n"
             f"  max_image_pixels: {self.max_image_pixels}\n"
             f"  default_top_k: {self.default_top_k}\n"
+            f"  materialized_domains: {self.materialized_domains}\n"
         )
 
 

@@ -35,7 +35,9 @@ Settings (:class:`multidomain.serving.ServingSettings`, with the FastAPI service
 defaults): the ``handler:`` section of the archive's model config (written at export time), each
 overridden by its ``MDP_*`` environment variable: ``torch_threads`` (``MDP_TORCH_THREADS``,
 default 1) and ``max_image_pixels`` (``MDP_MAX_IMAGE_PIXELS``, default 4096*4096), which the
-FastAPI service reads too, and ``default_top_k`` (``MDP_DEFAULT_TOP_K``, default 5).
+FastAPI service reads too, ``default_top_k`` (``MDP_DEFAULT_TOP_K``, default 5) and
+``materialized_domains`` (``MDP_MATERIALIZED_DOMAINS``, default 0: every domain folded from the
+one shared weight set per batch; ``all`` keeps every domain's folded network).
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ class MultiDomainHandler:
         self.config = HandlerConfig.load(section if isinstance(section, dict) else None)
         torch.set_num_threads(self.config.torch_threads)
         model_dir = Path(str(context.system_properties["model_dir"]))
-        model = ServedArtifact.build(load_artifact(model_dir))
+        model = ServedArtifact.build(load_artifact(model_dir), self.config.materialized_domains)
         for domain in model.domains.values():  # warm-up
             class_probabilities(
                 domain.network, torch.zeros(1, *domain.input_shape, dtype=domain.input_dtype)
@@ -169,12 +171,15 @@ class MultiDomainHandler:
         gc.collect()  # the loaded model lives as long as the worker: no full collector passes
         gc.freeze()  # over it (they paused requests for ~200 ms in the FastAPI service)
         logger.info(
-            "loaded %s %s from %s: domains %s, torch threads %d, in %.2f s (multidomain from %s)",
+            "loaded %s %s from %s: domains %s, torch threads %d, weights resident %.2f MiB "
+            "(artifact %.2f MiB), in %.2f s (multidomain from %s)",
             model.name,
             model.version,
             model_dir,
             ", ".join(model.domains),
             torch.get_num_threads(),
+            model.resident_weight_bytes() / 2**20,
+            model.artifact_weight_bytes / 2**20,
             time.perf_counter() - started,
             Path(multidomain.__file__).parent,
         )

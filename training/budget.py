@@ -5,9 +5,12 @@ See docs/method.md for the formulation. In short, per step and for every domain 
 
     loss = mean_d CE_d + rho * sum_{d,m} relu(cost_m(d) - beta_t)^2 + gamma * L_share
 
-where the target ``beta_t`` falls linearly from 1 to ``beta`` over the first part of training
-(gradual pruning); after training, any domain still over ``beta`` is projected onto the budget
-and briefly fine-tuned. ``training.export`` prunes and writes the artifact.
+where the target ``beta_t(d)`` falls linearly from 1 to the domain's budget ``beta_d`` over the
+first part of training (gradual pruning); after training, any domain still over its budget is
+projected onto it and briefly fine-tuned. Switches, costs and the projection work in groups of
+``g`` mid channels (``multidomain.groups``); the cost is parameters, MACs (``multidomain.costs``)
+or the predicted latency of a measured table (``multidomain.latency``). ``training.export``
+prunes and writes the artifact.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from multidomain.arch import ArchitectureError, ArchSpec
-from multidomain.costs import CostMetric, LinearCost, linear_cost
+from multidomain.costs import CostMetric, DomainCost, linear_cost
+from multidomain.groups import check_channel_group, expand_groups, resolve_channel_group
+from multidomain.latency import LatencyTable
 from multidomain.network import ChannelSwitches, ResNet26, domain_tensor_name
 from training.common import recalibrate_batchnorm, seed_everything
 from training.data import DomainData, DomainFeeder
@@ -36,23 +41,33 @@ from training.sharing import SharingVariant, check_variant, sharing_loss
 __all__ = [
     "BUDGET_METRICS",
     "BudgetConfig",
+    "BudgetCosts",
     "BudgetMetric",
     "TrainedModel",
+    "budget_costs",
     "budget_target",
     "build_from_backbone",
-    "check_budget_reachable",
     "initialise_scores",
     "train_budget_aware",
 ]
 
-BudgetMetric = Literal["params", "macs", "both"]
-BUDGET_METRICS = ("params", "macs", "both")
+BudgetMetric = Literal["params", "macs", "both", "latency"]
+BUDGET_METRICS = ("params", "macs", "both", "latency")
+
+
+def _check_fraction(value: float, what: str) -> None:
+    if not 0 < value <= 1:
+        raise ValueError(f"{what} must be in (0, 1], got {value}")
 
 
 @dataclass(frozen=True)
 class BudgetConfig:
     budget: float = 0.5
+    domain_budgets: tuple[tuple[str, float], ...] = ()  # (domain, budget) overriding ``budget``
     budget_metric: BudgetMetric = "both"
+    channel_group: int | Literal["auto"] = "auto"
+    latency_table: Path | None = None
+    latency_batch: int | None = None  # batch size the latency budget caps (default: largest)
     sharing: SharingVariant = "union"
     sharing_weight: float = 5.0
     learnable_sharing_weight: bool = False
@@ -68,13 +83,24 @@ class BudgetConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.budget <= 1:
-            raise ValueError(f"budget must be in (0, 1], got {self.budget}")
+        _check_fraction(self.budget, "budget")
+        names = [name for name, _ in self.domain_budgets]
+        for name, value in self.domain_budgets:
+            _check_fraction(value, f"budget of domain {name!r}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"a domain's budget is given twice: {', '.join(names)}")
         if self.budget_metric not in BUDGET_METRICS:
             raise ValueError(
                 f"unknown budget metric {self.budget_metric!r}; "
                 f"choose one of {', '.join(BUDGET_METRICS)}"
             )
+        if self.budget_metric == "latency" and self.latency_table is None:
+            raise ValueError(
+                "budget metric latency needs a latency table (--latency-table FILE, made by "
+                "'mdprune profile')"
+            )
+        if self.channel_group != "auto":
+            resolve_channel_group(self.channel_group)
         check_variant(self.sharing)
         if self.sharing_weight < 0:
             raise ValueError(f"sharing weight must be >= 0, got {self.sharing_weight}")
@@ -84,8 +110,64 @@ class BudgetConfig:
             raise ValueError("steps and batch size must be >= 1, fine-tune steps >= 0")
 
     @property
-    def metrics(self) -> tuple[CostMetric, ...]:
-        return ("params", "macs") if self.budget_metric == "both" else (self.budget_metric,)
+    def group(self) -> int:
+        """The channel group size (``auto`` resolved for this machine)."""
+        return resolve_channel_group(self.channel_group)
+
+    def budget_for(self, domain: str) -> float:
+        return dict(self.domain_budgets).get(domain, self.budget)
+
+    def check_domains(self, names: Sequence[str]) -> None:
+        """Every domain named in ``domain_budgets`` must be trained."""
+        unknown = [name for name, _ in self.domain_budgets if name not in names]
+        if unknown:
+            raise ValueError(
+                f"--budget names unknown domain {unknown[0]!r}; the domains are " + ", ".join(names)
+            )
+
+
+@dataclass(frozen=True)
+class BudgetCosts:
+    """What the budget caps, resolved for an architecture: the group size, the cost of every
+    capped metric, the latency table if one was given (also used to record predictions)."""
+
+    group: int
+    costs: tuple[DomainCost, ...]
+    table: LatencyTable | None
+
+    def fractions(self, channels: Sequence[int]) -> dict[str, float]:
+        return {cost.name: cost.fraction(channels) for cost in self.costs}
+
+
+def budget_costs(arch: ArchSpec, config: BudgetConfig) -> BudgetCosts:
+    """Resolve the group size, check it divides every width, load and check the latency table,
+    and refuse budgets below the least a domain can cost (one group per block). Needs only the
+    architecture: callers run it before loading any data."""
+    group = config.group
+    check_channel_group(arch, group)
+    table = None
+    if config.latency_table is not None:
+        table = LatencyTable.load(config.latency_table)
+        table.check(arch, group)
+    costs: list[DomainCost] = []
+    if config.budget_metric == "latency":
+        assert table is not None
+        costs.append(table.cost(config.latency_batch))
+    else:
+        metrics: tuple[CostMetric, ...] = (
+            ("params", "macs") if config.budget_metric == "both" else (config.budget_metric,)
+        )
+        costs += [linear_cost(arch, m) for m in metrics]
+    lowest = min([config.budget, *(v for _, v in config.domain_budgets)])
+    floors = {cost.name: cost.floor(group) for cost in costs}
+    worst = max(floors, key=lambda name: floors[name])
+    if lowest < floors[worst]:
+        raise ValueError(
+            f"budget {lowest:g} is below the least a domain can cost with channel groups of "
+            f"{group}: {floors[worst]:.4f} of the backbone's {worst} (the unswitchable stem and "
+            "shortcuts plus one group per block)"
+        )
+    return BudgetCosts(group, tuple(costs), table)
 
 
 @dataclass
@@ -95,10 +177,16 @@ class TrainedModel:
     masks: list[Tensor]  # per block, bool [domains, channels]
     domains: list[DomainData]
     config: BudgetConfig
+    costs: BudgetCosts
     backbone_dir: Path
     wall_time_s: float
     projected_channels: list[int]
+    learned_costs: list[dict[str, float]]  # per domain, before the projection
     history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def group(self) -> int:
+        return self.costs.group
 
     def domain_masks(self, d: int) -> list[Tensor]:
         return [m[d].float() for m in self.masks]
@@ -144,29 +232,37 @@ def build_from_backbone(domains: Sequence[DomainData], backbone_dir: Path) -> Re
     return model
 
 
-def _stacked_costs(costs: Sequence[LinearCost], masks: Sequence[Tensor]) -> Tensor:
-    """``[metrics, domains]`` cost fractions of straight-through masks (differentiable)."""
-    rows = []
-    for cost in costs:
-        used = cost.fixed + sum(
-            c * m.sum(dim=1) for c, m in zip(cost.per_channel, masks, strict=True)
-        )
-        rows.append(torch.as_tensor(used) / cost.full)
-    return torch.stack(rows)
+def _stacked_costs(
+    costs: Sequence[DomainCost], group_masks: Sequence[Tensor], group: int
+) -> Tensor:
+    """``[metrics, domains]`` cost fractions of straight-through group masks (differentiable)."""
+    channels = [group * m.sum(dim=1) for m in group_masks]
+    return torch.stack([cost.soft_fraction(channels) for cost in costs])
+
+
+def _group_cost(costs: Sequence[DomainCost], arch: ArchSpec, group: int) -> list[float]:
+    """What dropping one group from an otherwise full block saves, per block, summed over the
+    costs (a cost-per-group for ranking)."""
+    full = arch.full_mid_channels()
+    saving = []
+    for b in range(len(full)):
+        fewer = list(full)
+        fewer[b] -= group
+        saving.append(sum(c.fraction(full) - c.fraction(fewer) for c in costs))
+    return saving
 
 
 @torch.no_grad()
 def initialise_scores(
-    switches: ChannelSwitches, model: ResNet26, costs: Sequence[LinearCost], scale: float
+    switches: ChannelSwitches, model: ResNet26, costs: Sequence[DomainCost], scale: float
 ) -> None:
-    """Spread each domain's initial scores over ``scale * [0.25, 1.75]`` by the rank of the
-    channel's importance per unit of cost, so that pruning proceeds gradually, cheapest
-    importance first, instead of every channel crossing zero at the same step. A channel's
+    """Spread each domain's initial scores over ``scale * [0.25, 1.75]`` by the rank of each
+    group's importance per unit of cost, so that pruning proceeds gradually, cheapest
+    importance first, instead of every group crossing zero at the same step. A channel's
     importance for a domain is ``|gamma| * ||W_conv2[:, c]||`` (its BN scale in that domain
-    times the size of its output weights)."""
-    per_channel_cost = [
-        sum(cost.per_channel[b] / cost.full for cost in costs) for b in range(len(model.blocks))
-    ]
+    times the size of its output weights); a group's is the sum over its channels."""
+    group = switches.group
+    per_group_cost = [max(c, 1e-12) for c in _group_cost(costs, model.arch, group)]
     for d in range(model.num_domains):
         ratios = []
         for b, block in enumerate(model.block_list()):
@@ -174,7 +270,8 @@ def initialise_scores(
             assert isinstance(bn1, nn.BatchNorm2d)
             gamma = bn1.weight.abs()
             out_norm = block.conv2.weight.flatten(start_dim=2).norm(dim=(0, 2))
-            ratios.append(gamma * out_norm / per_channel_cost[b])
+            importance = (gamma * out_norm).view(-1, group).sum(dim=1)
+            ratios.append(importance / per_group_cost[b])
         flat = torch.cat(ratios)
         quantile = torch.empty_like(flat)
         quantile[flat.argsort()] = torch.linspace(0.0, 1.0, flat.numel())
@@ -185,21 +282,12 @@ def initialise_scores(
             start += ratio.numel()
 
 
-def budget_target(config: BudgetConfig, step: int) -> float:
-    """Linear schedule from 1 at step 0 to ``beta`` at ``anneal_fraction`` of the steps."""
+def budget_target(config: BudgetConfig, step: int, budget: float | None = None) -> float:
+    """Linear schedule from 1 at step 0 to ``budget`` (default: the config's) at
+    ``anneal_fraction`` of the steps."""
+    budget = config.budget if budget is None else budget
     progress = min(1.0, step / max(1.0, config.anneal_fraction * config.steps))
-    return 1.0 - (1.0 - config.budget) * progress
-
-
-def check_budget_reachable(config: BudgetConfig, arch: ArchSpec) -> None:
-    """Refuse a budget below the least a domain of ``arch`` can cost (checked before any data
-    is loaded)."""
-    lowest = max(linear_cost(arch, m).min_fraction for m in config.metrics)
-    if config.budget < lowest:
-        raise ValueError(
-            f"budget {config.budget} is below the least a domain can cost ({lowest:.4f}: "
-            "the unswitchable stem and shortcuts plus one channel per block)"
-        )
+    return 1.0 - (1.0 - budget) * progress
 
 
 def train_budget_aware(
@@ -207,12 +295,15 @@ def train_budget_aware(
 ) -> TrainedModel:
     seed_everything(config.seed)
     domains = list(domains)
+    names = [d.name for d in domains]
+    config.check_domains(names)
     model = build_from_backbone(domains, backbone_dir)
     arch = model.arch
-    check_budget_reachable(config, arch)
-    costs = [linear_cost(arch, m) for m in config.metrics]
-    share_weights = linear_cost(arch, "params").per_channel
-    switches = ChannelSwitches(len(domains), arch.full_mid_channels(), config.score_init)
+    resolved = budget_costs(arch, config)
+    costs, group = resolved.costs, resolved.group
+    budgets = [config.budget_for(name) for name in names]
+    share_weights = [group * w for w in linear_cost(arch, "params").per_channel]
+    switches = ChannelSwitches(len(domains), arch.full_mid_channels(), config.score_init, group)
     initialise_scores(switches, model, costs, config.score_init)
     for p in model.shared_parameters():
         p.requires_grad_(config.unfreeze_shared)
@@ -231,9 +322,9 @@ def train_budget_aware(
     }
 
     def budget_and_sharing(step: int) -> ExtraLoss:
-        masks = switches.all_masks()
-        domain_costs = _stacked_costs(costs, masks)
-        target = budget_target(config, step)
+        masks = switches.group_masks()
+        domain_costs = _stacked_costs(costs, masks, group)
+        target = torch.tensor([budget_target(config, step, b) for b in budgets])
         budget_term = config.penalty * torch.relu(domain_costs - target).pow(2).sum()
         share = sharing_loss(config.sharing, masks, share_weights)
         gamma = torch.exp(log_gamma) if config.learnable_sharing_weight else config.sharing_weight
@@ -260,24 +351,27 @@ def train_budget_aware(
         extra_loss=budget_and_sharing,
         after_step=clamp_sharing_weight,
     )
-    hard = switches.hard_masks()
-    projected = []
+    hard = switches.hard_group_masks()
+    learned, projected = [], []
     for k in range(len(domains)):
+        learned.append(resolved.fractions([group * int(m[k].sum()) for m in hard]))
         own_masks, removed = project_to_budget(
-            [s[k].detach() for s in switches.scores], [m[k] for m in hard], costs, config.budget
+            [s[k].detach() for s in switches.scores], [m[k] for m in hard], costs, budgets[k], group
         )
         for b, mask in enumerate(own_masks):
             hard[b][k] = mask
-        projected.append(removed)
+        projected.append(removed * group)
     trained = TrainedModel(
         model,
         switches,
-        [m.clone() for m in hard],
+        [expand_groups(m, group).clone() for m in hard],
         domains,
         config,
+        resolved,
         Path(backbone_dir),
         time.perf_counter() - started,
         projected,
+        learned,
         history,
     )
     _finetune_projected(trained)

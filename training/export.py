@@ -7,17 +7,29 @@ scores, no optimizer state.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from multidomain.artifact import check_name, subnet_state_dict, write_artifact
 from multidomain.costs import backbone_totals, compact_totals, subnet_totals
+from multidomain.fold import (
+    DomainFold,
+    channels_last_weights,
+    fold_network,
+    fold_weights,
+    fused_kernels,
+)
+from multidomain.groups import cpu_capability
+from multidomain.latency import time_networks
 from multidomain.network import ResNet26
 from multidomain.preprocess import normalize_batch
+from multidomain.serving import ServingSettings
 from multidomain.stats import mean
 from training.budget import TrainedModel
 from training.common import command_line, console, evaluate
@@ -25,7 +37,13 @@ from training.data import iterate_eval
 from training.errors import RunError
 from training.prune import CompactParts, prune_to_compact
 
-__all__ = ["artifact_target", "compact_logit_difference", "export_artifact"]
+__all__ = [
+    "TimingConfig",
+    "artifact_target",
+    "compact_logit_difference",
+    "export_artifact",
+    "measure_latency",
+]
 
 
 @torch.inference_mode()
@@ -61,16 +79,82 @@ def artifact_target(model_store: Path, model_name: str, version: str | None) -> 
     return target
 
 
+@dataclass(frozen=True)
+class TimingConfig:
+    """How the export measures every domain's served forward time against the unpruned
+    backbone's: batch sizes, alternating repeats (median), torch threads (default: the
+    servers', ``MDP_TORCH_THREADS``)."""
+
+    batch_sizes: tuple[int, ...] = (1, 32)
+    repeats: int = 20
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or min(self.batch_sizes) < 1 or self.repeats < 1:
+            raise ValueError("timing batch sizes and repeats must be >= 1")
+
+    @property
+    def torch_threads(self) -> int:
+        return ServingSettings.load(None).torch_threads if self.threads is None else self.threads
+
+
+def measure_latency(
+    trained: TrainedModel, parts: CompactParts, timing: TimingConfig
+) -> tuple[dict[int, float], list[dict[str, Any]]]:
+    """Every domain's served network (folded from the compact parts, as the servers fold it)
+    timed alternately with the unpruned backbone's; the backbone's ms per batch size and per
+    domain its measured (and, with a latency table, predicted) times and fractions."""
+    arch = trained.model.arch
+    shared = channels_last_weights(parts.shared)
+    first = trained.domains[0]
+    networks: dict[str, Callable[[Tensor], object]] = {
+        _BACKBONE: fold_network(trained.model, first.mean, first.std, 0)
+    }
+    for k, data in enumerate(trained.domains):
+        fold = DomainFold.from_tensors(
+            arch, parts.domain_tensors[k], parts.channels[k], data.mean, data.std
+        )
+        networks[data.name] = fold_weights(arch, shared, fold)
+    times = time_networks(
+        networks, arch.image_size, timing.batch_sizes, timing.repeats, timing.torch_threads
+    )
+    table = trained.costs.table
+    backbone_ms = {b: t[_BACKBONE] for b, t in times.items()}
+    entries = []
+    for k, data in enumerate(trained.domains):
+        mids = [len(c) for c in parts.channels[k]]
+        entry: dict[str, Any] = {
+            "measured_ms": {str(b): round(t[data.name], 4) for b, t in times.items()},
+            "measured_fraction": {
+                str(b): round(t[data.name] / backbone_ms[b], 4) for b, t in times.items()
+            },
+        }
+        if table is not None:
+            entry["predicted_fraction"] = {
+                str(b): round(table.predicted_ms(b, mids) / table.backbone_ms[b], 4)
+                for b in table.batch_sizes
+            }
+        entries.append(entry)
+    return backbone_ms, entries
+
+
+_BACKBONE = "\0backbone"
+
+
 def export_artifact(
     trained: TrainedModel,
     model_store: Path,
     model_name: str,
     version: str | None = None,
+    timing: TimingConfig | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Evaluate, prune and write ``model_store/<name>/<version>``; returns path and manifest."""
+    """Evaluate, prune, time and write ``model_store/<name>/<version>``; returns path and
+    manifest. Every domain must hold its budget (checked again here, exactly)."""
+    timing = timing or TimingConfig()
     target = artifact_target(model_store, model_name, version)
     version = target.name
     model, arch, domains = trained.model, trained.model.arch, trained.domains
+    config, resolved = trained.config, trained.costs
     val = evaluate(model, domains, "val", trained.domain_masks)
     test = evaluate(model, domains, "test", trained.domain_masks)
     mean_test = mean(test.values())
@@ -83,9 +167,16 @@ def export_artifact(
         [[len(c) for c in ch] for ch in parts.channels],
         [d.num_classes for d in domains],
     )
+    console.print("timing every domain's served network against the backbone's")
+    backbone_ms, latency = measure_latency(trained, parts, timing)
     entries = []
     for k, data in enumerate(domains):
         mids = [len(c) for c in parts.channels[k]]
+        budget = config.budget_for(data.name)
+        capped = resolved.fractions(mids)
+        over = {name: value for name, value in capped.items() if value > budget + 1e-9}
+        if over or any(m % resolved.group for m in mids):
+            raise RunError(f"domain {data.name!r} does not hold its budget {budget}: {over}")
         own = subnet_totals(arch, mids, data.num_classes)
         part = subnet_totals(arch, mids)
         entries.append(
@@ -97,30 +188,38 @@ def export_artifact(
                 "mean": list(data.mean),
                 "std": list(data.std),
                 "mid_channels": mids,
+                "budget": budget,
+                "budget_costs": capped,
+                "learned_costs": trained.learned_costs[k],
                 "params": own.params,
                 "macs": own.macs,
                 "params_fraction": part.params / backbone.params,
                 "macs_fraction": part.macs / backbone.macs,
+                "latency": latency[k],
                 "projected_channels": trained.projected_channels[k],
                 "val_accuracy": val[data.name],
                 "test_accuracy": test[data.name],
                 "max_compact_logit_diff": logit_diff[data.name],
             }
         )
+    table = resolved.table
     manifest = {
         "model_name": model_name,
         "version": version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command_line(),
         "architecture": arch.to_dict(),
+        "channel_group": resolved.group,
+        "cpu_capability": cpu_capability(),
         "compact_mid_channels": parts.union_mid_channels,
         "compact_channel_origin": parts.union_origin,
-        "budget": trained.config.budget,
-        "budget_metric": trained.config.budget_metric,
+        "budget": config.budget,
+        "budget_metric": config.budget_metric,
+        "budget_caps": [cost.name for cost in resolved.costs],
         "sharing": {
-            "variant": trained.config.sharing,
-            "weight": trained.config.sharing_weight,
-            "learnable_weight": trained.config.learnable_sharing_weight,
+            "variant": config.sharing,
+            "weight": config.sharing_weight,
+            "learnable_weight": config.learnable_sharing_weight,
         },
         "backbone": {
             "params": backbone.params,
@@ -128,17 +227,41 @@ def export_artifact(
             "run": str(trained.backbone_dir),
         },
         "compact": {"params": compact.params, "params_fraction": compact.params / backbone.params},
+        "latency": {
+            "backbone_ms": {str(b): round(v, 4) for b, v in backbone_ms.items()},
+            "torch_threads": timing.torch_threads,
+            "repeats": timing.repeats,
+            "fused_kernels": fused_kernels(),
+            "table": None
+            if table is None
+            else {
+                "path": str(config.latency_table),
+                "torch_threads": table.torch_threads,
+                "batch_sizes": list(table.batch_sizes),
+            },
+        },
         "mean_val_accuracy": mean(val.values()),
         "mean_test_accuracy": mean_test,
         "training": {
-            "config": asdict(trained.config),
+            "config": _jsonable(asdict(config)),
             "wall_time_s": round(trained.wall_time_s, 2),
         },
         "domains": entries,
     }
     write_artifact(target, manifest, parts.shared, parts.domain_tensors)
+    largest = str(max(timing.batch_sizes))
+    slowest = max(e["measured_fraction"][largest] for e in latency)
     console.print(
         f"exported {target}: compact params {compact.params:,} = "
-        f"{compact.params / backbone.params:.3f} x backbone; mean test accuracy {mean_test:.4f}"
+        f"{compact.params / backbone.params:.3f} x backbone; mean test accuracy {mean_test:.4f}; "
+        f"slowest domain {slowest:.3f} x the backbone's time at batch {largest}"
     )
     return target, manifest
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value

@@ -8,18 +8,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from multidomain.artifact import split_state_dict
-from multidomain.costs import LinearCost
-from multidomain.network import ResNet26
+from multidomain.costs import DomainCost
+from multidomain.network import ResNet26, split_state_dict
 
 
 def project_to_budget(
-    scores: Sequence[Tensor], active: Sequence[Tensor], costs: Sequence[LinearCost], budget: float
+    scores: Sequence[Tensor],
+    active: Sequence[Tensor],
+    costs: Sequence[DomainCost],
+    budget: float,
+    group: int = 1,
 ) -> tuple[list[Tensor], int]:
-    """Turn off a domain's lowest-scoring active channels until every cost in ``costs`` is at
-    or below ``budget``; never the last channel of a block (a block left with none gets its
-    highest-scoring channel back first). ``scores``/``active`` hold one domain's per-block
-    vectors. Returns the new masks and how many channels were removed."""
+    """Turn off a domain's lowest-scoring active groups of ``group`` channels until every cost
+    in ``costs`` is at or below ``budget``; never the last group of a block (a block left with
+    none gets its highest-scoring group back first). ``scores``/``active`` hold one domain's
+    per-block group vectors. Returns the new group masks and how many groups were removed."""
     masks = [a.clone().bool() for a in active]
     for mask, score in zip(masks, scores, strict=True):
         if not bool(mask.any()):
@@ -30,19 +33,22 @@ def project_to_budget(
     )
 
     def over() -> bool:
-        counts = [float(m.sum()) for m in masks]
-        return any(cost.fraction(counts) > budget + 1e-12 for cost in costs)
+        channels = [group * float(m.sum()) for m in masks]
+        return any(cost.fraction(channels) > budget + 1e-12 for cost in costs)
 
     removed = 0
-    for _, block, channel in order:
+    for _, block, index in order:
         if not over():
             break
-        if masks[block][channel] and int(masks[block].sum()) > 1:
-            masks[block][channel] = False
+        if masks[block][index] and int(masks[block].sum()) > 1:
+            masks[block][index] = False
             removed += 1
     if over():
-        lowest = max(cost.min_fraction for cost in costs)
-        raise ValueError(f"budget {budget} is below the least a domain can cost ({lowest:.4f})")
+        lowest = max(cost.floor(group) for cost in costs)
+        raise ValueError(
+            f"budget {budget} is below the least a domain can cost with channel groups of "
+            f"{group} ({lowest:.4f})"
+        )
     return masks, removed
 
 

@@ -57,7 +57,8 @@ TRAINER_UID = 10003  # another uid, as a Kubernetes Job may run under
 SHUTDOWN_GRACE_S = 10
 TRAIN_ARGS = [
     "--domains", "embedded:digits", "--domains", "embedded:faces",
-    "--pretrain-steps", "8", "--steps", "12", "--width-mult", "0.125", "--budget", "0.4",
+    "--pretrain-steps", "8", "--steps", "12", "--width-mult", "0.125", "--channel-group", "4",
+    "--budget", "0.4",
 ]  # fmt: skip
 
 

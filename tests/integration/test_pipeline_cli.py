@@ -20,7 +20,8 @@ def test_pipeline_exports_a_verified_artifact_within_budget(tmp_path: Path) -> N
         *MDPRUNE, "pipeline", "--no-serve",
         "--domains", "embedded:digits", "--domains", "embedded:faces",
         "--pretrain-steps", "8", "--steps", "12", "--width-mult", "0.125",
-        "--budget", "0.4", "--cache-dir", str(tmp_path / "cache"),
+        "--channel-group", "4", "--budget", "0.45", "--budget", "faces=0.4",
+        "--cache-dir", str(tmp_path / "cache"),
         "--run-dir", str(tmp_path / "backbone"), "--model-store", str(store),
         "--model-version", "v1",
     ]  # fmt: skip
@@ -32,9 +33,14 @@ def test_pipeline_exports_a_verified_artifact_within_budget(tmp_path: Path) -> N
     assert "benchmark digest" in done.stderr
     manifest = json.loads((store / "default" / "v1" / "manifest.json").read_text())
     assert [d["name"] for d in manifest["domains"]] == ["digits", "faces"]
+    assert manifest["channel_group"] == 4
     for domain in manifest["domains"]:
-        assert domain["params_fraction"] <= 0.4 and domain["macs_fraction"] <= 0.4
+        budget = {"digits": 0.45, "faces": 0.4}[domain["name"]]
+        assert domain["budget"] == budget
+        assert domain["params_fraction"] <= budget and domain["macs_fraction"] <= budget
+        assert all(m % 4 == 0 for m in domain["mid_channels"])
         assert domain["max_compact_logit_diff"] <= 1e-4
+        assert set(domain["latency"]["measured_fraction"]) == {"1", "32"}
     assert manifest["command"].startswith("cli.py pipeline") or "pipeline" in manifest["command"]
 
     verify = subprocess.run(

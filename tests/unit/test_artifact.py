@@ -115,3 +115,13 @@ def test_existing_artifact_is_not_overwritten(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="already exists"):
         write_tiny_artifact(tmp_path)
     assert not [p for p in (tmp_path / "tiny").iterdir() if p.name.startswith(".")]
+
+
+def test_widths_must_be_multiples_of_the_channel_group(tmp_path: Path) -> None:
+    artifact = load_artifact(write_tiny_artifact(tmp_path / "a", group=4))
+    assert artifact.manifest["channel_group"] == 4
+    assert all(u % 4 == 0 for u in artifact.manifest["compact_mid_channels"])
+    assert all(m % 4 == 0 for entry in artifact.domains for m in entry.mid_channels)
+    with pytest.raises(ArtifactError, match="not multiples of the channel group 4"):
+        write_tiny_artifact(tmp_path / "b", group=1, manifest_group=4)
+    assert not (tmp_path / "b" / "tiny" / "v1").exists()

@@ -12,6 +12,7 @@ from PIL import Image
 from multidomain.artifact import Artifact, load_artifact
 from multidomain.preprocess import ImageDecodeError, ImageTooLargeError, eval_resize
 from multidomain.serving import (
+    ALL_DOMAINS,
     DEFAULTS,
     MAX_BODY_BYTES,
     ServedArtifact,
@@ -130,6 +131,24 @@ def test_settings_come_from_the_environment_over_the_section_over_the_defaults()
     with pytest.raises(ValueError, match=r"^settings\.torch_threads: .* got True"):
         ServingSettings.load({"torch_threads": True}, {})
     assert env_name("max_image_pixels") == "MDP_MAX_IMAGE_PIXELS"
+
+
+def test_materialized_domains_takes_0_a_count_or_all() -> None:
+    assert DEFAULTS.materialized_domains == 0
+    for raw, value in [("0", 0), (" 3 ", 3), ("all", ALL_DOMAINS), ("ALL", ALL_DOMAINS)]:
+        loaded = ServingSettings.load(None, {"MDP_MATERIALIZED_DOMAINS": raw})
+        assert loaded.materialized_domains == value
+    assert ServingSettings.load({"materialized_domains": "all"}, {}).materialized_domains == (
+        ALL_DOMAINS
+    )
+    for raw in ("-1", "some", "1.5"):
+        with pytest.raises(
+            ValueError, match=r"^MDP_MATERIALIZED_DOMAINS: expected an integer >= 0 or 'all'"
+        ):
+            ServingSettings.load(None, {"MDP_MATERIALIZED_DOMAINS": raw})
+    assert ServiceSettings(materialized_domains="all").materialized_domains == ALL_DOMAINS  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        ServiceSettings(materialized_domains=-1)
 
 
 def test_both_servers_take_their_defaults_from_the_core() -> None:

@@ -155,6 +155,44 @@ def test_over_budget_domain_is_flagged(store: Path, tmp_path: Path) -> None:
     assert (tmp_path / "cli" / "report.md").is_file()
 
 
+def test_each_domain_is_checked_against_its_own_budget_and_times_are_shown(
+    tmp_path: Path,
+) -> None:
+    """A latency-budget run with a per-domain budget: its ``budget_costs`` are checked against
+    each domain's own budget, and the measured and predicted time fractions are reported."""
+    manifest = fake_manifest("lat", 0.5, "union", (0.8, 0.8, 0.8))
+    manifest["budget_metric"] = "latency"
+    costs = zip(manifest["domains"], (0.5, 0.3, 0.5), (0.45, 0.32, 0.5), strict=True)
+    for entry, budget, cost in costs:
+        entry["budget"] = budget
+        entry["budget_costs"] = {"latency@32": cost}
+        entry["latency"] = {
+            "measured_fraction": {"1": cost + 0.2, "32": cost + 0.02},
+            "predicted_fraction": {"1": cost + 0.1, "32": cost},
+        }
+    store = tmp_path / "store"
+    write_manifest(store, manifest)
+    report = build_report([store], tmp_path / "out")
+    (row,) = report["rows"]
+    assert row["domain_budgets"] == {"beta": 0.3}
+    assert row["budget_check"] == "over"
+    assert row["budget_notes"] == ["beta latency@32 0.3200 > budget 0.3"]
+    assert row["time_batch"] == "32"
+    assert row["max_domain_time_fraction"] == pytest.approx(0.52)
+    assert row["max_domain_predicted_time_fraction"] == pytest.approx(0.5)
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "| 0.5 (beta 0.3) | latency | union |" in markdown
+    assert "| 0.520 (0.500) @32 |" in markdown
+
+    manifest["domains"][1]["budget_costs"] = {"latency@32": 0.29}
+    (store / "fake" / "lat" / "manifest.json").write_text(json.dumps(manifest))
+    (row,) = build_report([store], tmp_path / "again")["rows"]
+    assert row["budget_check"] == "ok"
+    assert row["budget_notes"] == [
+        "every domain within budget 0.5, beta 0.3 (max latency@32 0.5000)"
+    ]
+
+
 def test_many_runs_draw_channel_usage_only_at_the_default_budget(
     store: Path, tmp_path: Path
 ) -> None:

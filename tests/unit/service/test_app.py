@@ -237,6 +237,14 @@ def test_domain_routes(client: TestClient) -> None:
     assert (summary["model"], summary["version"], summary["budget"]) == ("tiny", "v1", 0.5)
     assert summary["sharing"] == "none" and summary["budget_metric"] == "both"
     assert [d["name"] for d in summary["domains"]] == DOMAINS
+    assert [d["budget"] for d in summary["domains"]] == [0.5, 0.4, 0.5]  # each domain's own
+    assert summary["domains"][1]["measured_time_fraction"] == {"1": 0.7, "32": 0.45}
+    assert summary["domains"][0]["measured_time_fraction"] is None
+    assert summary["channel_group"] == 1
+    # the service keeps the shared weights once: about the artifact's bytes
+    assert 0 < summary["resident_weight_bytes"] <= 1.1 * summary["artifact_weight_bytes"]
+    colours = client.get("/v1/domains/colours").json()
+    assert colours["budget"] == 0.4 and colours["budget_metric"] == "both"
     detail = client.get("/v1/domains/digits").json()
     assert detail["labels"] == TINY_DOMAINS["digits"] and detail["num_classes"] == 10
     assert detail["test_accuracy"] == 0.5 and detail["val_accuracy"] is None
