@@ -41,13 +41,16 @@ def randomise_batchnorm(model: ResNet26, seed: int) -> None:
 
 
 def make_tiny_model(
-    arch: ArchSpec | None = None, keep: float = 0.5, seed: int = 0
+    arch: ArchSpec | None = None,
+    keep: float = 0.5,
+    seed: int = 0,
+    domains: dict[str, list[str]] = TINY_DOMAINS,
 ) -> tuple[ResNet26, list[torch.Tensor]]:
     arch = arch or ArchSpec(width_mult=0.125, image_size=16)
     torch.manual_seed(seed)
-    model = ResNet26(arch, [len(labels) for labels in TINY_DOMAINS.values()])
+    model = ResNet26(arch, [len(labels) for labels in domains.values()])
     randomise_batchnorm(model, seed)
-    return model.eval(), random_masks(arch, len(TINY_DOMAINS), keep, seed)
+    return model.eval(), random_masks(arch, len(domains), keep, seed)
 
 
 def write_tiny_artifact(
@@ -56,11 +59,12 @@ def write_tiny_artifact(
     version: str = "v1",
     arch: ArchSpec | None = None,
     seed: int = 0,
+    labels_of: dict[str, list[str]] = TINY_DOMAINS,
 ) -> Path:
-    model, masks = make_tiny_model(arch, seed=seed)
+    model, masks = make_tiny_model(arch, seed=seed, domains=labels_of)
     parts = prune_to_compact(model, masks)
     domains = []
-    for k, (name, labels) in enumerate(TINY_DOMAINS.items()):
+    for k, (name, labels) in enumerate(labels_of.items()):
         domains.append(
             {
                 "name": name,
