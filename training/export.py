@@ -33,19 +33,20 @@ def compact_logit_difference(
     trained: TrainedModel, parts: CompactParts, split: str = "test"
 ) -> dict[str, float]:
     """Max |logit difference| between each domain's compact subnetwork and the masked model."""
-    model = trained.model.eval()
+    model, device = trained.model.eval(), trained.runtime.device
     diffs = {}
     for k, data in enumerate(trained.domains):
         subnet = ResNet26(model.arch, [data.num_classes], [len(c) for c in parts.channels[k]])
         subnet.load_state_dict(
             subnet_state_dict(parts.domain_tensors[k], parts.shared, parts.channels[k])
         )
-        subnet.eval()
+        subnet.to(device).eval()
         worst = 0.0
-        for images, _ in iterate_eval(data, split, 256):
-            x = normalize_batch(images, data.mean, data.std)
-            delta = (subnet(x) - model(x, k, trained.domain_masks(k))).abs().max()
-            worst = max(worst, float(delta))
+        with trained.runtime.full_precision():
+            for images, _ in iterate_eval(data, split, 256):
+                x = normalize_batch(images.to(device), data.mean, data.std)
+                delta = (subnet(x) - model(x, k, trained.domain_masks(k))).abs().max()
+                worst = max(worst, float(delta))
         diffs[data.name] = worst
     return diffs
 
@@ -67,15 +68,18 @@ def export_artifact(
     model_name: str,
     version: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Evaluate, prune and write ``model_store/<name>/<version>``; returns path and manifest."""
+    """Evaluate, prune and write ``model_store/<name>/<version>``; returns path and manifest.
+    In a distributed run every rank evaluates its share and only rank 0 checks the compact
+    model and writes (the others return the manifest without ``max_compact_logit_diff``)."""
     target = artifact_target(model_store, model_name, version)
     version = target.name
     model, arch, domains = trained.model, trained.model.arch, trained.domains
-    val = evaluate(model, domains, "val", trained.domain_masks)
-    test = evaluate(model, domains, "test", trained.domain_masks)
+    runtime = trained.runtime
+    val = evaluate(model, domains, "val", trained.domain_masks, runtime=runtime)
+    test = evaluate(model, domains, "test", trained.domain_masks, runtime=runtime)
     mean_test = mean(test.values())
     parts = prune_to_compact(model, trained.masks)
-    logit_diff = compact_logit_difference(trained, parts)
+    logit_diff = compact_logit_difference(trained, parts) if runtime.is_main else {}
     backbone = backbone_totals(arch)
     compact = compact_totals(
         arch,
@@ -104,7 +108,12 @@ def export_artifact(
                 "projected_channels": trained.projected_channels[k],
                 "val_accuracy": val[data.name],
                 "test_accuracy": test[data.name],
-                "max_compact_logit_diff": logit_diff[data.name],
+                "max_compact_logit_diff": logit_diff.get(data.name),
+                **(
+                    {"test_split": data.provenance["test_split"]}
+                    if "test_split" in data.provenance
+                    else {}
+                ),
             }
         )
     manifest = {
@@ -133,9 +142,13 @@ def export_artifact(
         "training": {
             "config": asdict(trained.config),
             "wall_time_s": round(trained.wall_time_s, 2),
+            "world_size": runtime.world_size,
+            "device": runtime.device.type,
         },
         "domains": entries,
     }
+    if not runtime.is_main:
+        return target, manifest
     write_artifact(target, manifest, parts.shared, parts.domain_tensors)
     console.print(
         f"exported {target}: compact params {compact.params:,} = "
