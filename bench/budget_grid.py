@@ -5,9 +5,14 @@ pruning and export (into a scratch model store), then per-domain and mean test a
 compact params / backbone params (all domains' BN and heads included), each domain's MACs /
 backbone MACs and training wall time. The upper reference fine-tunes the whole backbone on
 each domain alone. Writes ``bench/results/budget_grid.{json,md}`` with the command used; the
-markdown table is the report's (``reporting``).
+markdown table is the report's (``reporting``). Each row also records a copy of its artifact's
+manifest, so ``mdprune report bench/results/budget_grid.json`` draws the same report (channel
+pictures included) on a clone without the scratch folder.
 
     python bench/budget_grid.py [--steps 300] [--budgets 1.0 0.75 0.5 0.25]
+
+(``--pretrain-steps``/``--reference-steps`` of a few steps make a quick smoke run of the
+whole path; its figures mean nothing.)
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import argparse
 import json
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,7 @@ def main() -> None:
     parser.add_argument("--sharing", nargs="+", default=list(SHARING_VARIANTS))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--reference-steps", type=int, default=300)
+    parser.add_argument("--pretrain-steps", type=int, default=PretrainConfig().steps)
     parser.add_argument("--backbone", type=Path, default=Path("runs/backbone"))
     parser.add_argument("--scratch", type=Path, default=Path("runs/grid"))
     parser.add_argument("--cache-dir", type=Path, default=Path("data_cache"))
@@ -47,8 +53,10 @@ def main() -> None:
     args = parser.parse_args()
 
     domains = list(build_embedded_benchmark(args.cache_dir).values())
-    backbone = pretrain_backbone(domains, ArchSpec(), PretrainConfig(), args.backbone)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    backbone = pretrain_backbone(
+        domains, ArchSpec(), PretrainConfig(steps=args.pretrain_steps), args.backbone
+    )
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     rows = []
     for budget in args.budgets:
         for sharing in args.sharing:
@@ -75,9 +83,10 @@ def main() -> None:
                     ),
                     "wall_time_s": manifest["training"]["wall_time_s"],
                     "artifact": str(args.scratch / "grid" / version),
+                    "manifest": manifest,
                 }
             )
-            print(json.dumps(rows[-1]), flush=True)
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "manifest"}), flush=True)
 
     reference = {}
     for data in domains:

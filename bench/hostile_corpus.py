@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from _results import RESULTS, command, write_results
 from loadgen import ROOT, fastapi_process
 
 from multidomain.artifact import load_artifact
@@ -33,7 +33,6 @@ from multidomain.artifact import load_artifact
 sys.path.insert(0, str(ROOT))
 from tests.hostile_images import hostile_corpus, post_corpus, status_bytes
 
-RESULTS = Path(__file__).resolve().parent / "results"
 EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*)?(?:Error|Exception)\b.*$", re.MULTILINE)
 MIB, GIB = 1 << 20, 1 << 30
 
@@ -98,16 +97,13 @@ def main() -> None:
             source = args.before_source.resolve()
             runs.append(run(args.before_label, source, artifact, domain, args, Path(scratch)))
     result = {
-        "command": shlex.join(["python", *sys.argv]),
+        "command": command(),
         "artifact": str(args.artifact),
         "domain": domain,
         "image_size": image_size,
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown(result))
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from devtools import http_load
 from devtools.torchserve_local import free_port
 from multidomain.artifact import load_artifact
 
@@ -50,12 +51,17 @@ class Target:
     make: Callable[[Request], tuple[str, dict[str, str]]]  # -> (path, headers)
 
 
-def make_requests(artifact_path: Path, per_domain: int, seed: int) -> list[Request]:
-    """``per_domain`` random PNGs of every domain at its input size, in a shuffled order."""
+def make_requests(
+    artifact_path: Path, per_domain: int, seed: int, domains: Sequence[str] | None = None
+) -> list[Request]:
+    """``per_domain`` random PNGs of every domain (or of ``domains``) at its input size, in a
+    shuffled order."""
     artifact = load_artifact(artifact_path)
     rng = np.random.default_rng(seed)
     requests = []
     for entry in artifact.domains:
+        if domains is not None and entry.name not in domains:
+            continue
         side = entry.image_size
         for _ in range(per_domain):
             pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
@@ -83,31 +89,15 @@ async def closed_loop(
     url = urllib.parse.urlsplit(target.url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     wire = [_serialise(host, port, target, request) for request in requests]
-    samples: list[tuple[str, float]] = []
-    statuses: dict[int, int] = {}
-    sent = 0
-
-    async def client(count: int, record: bool) -> None:
-        nonlocal sent
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            while sent < count:
-                request, payload = requests[sent % len(requests)], wire[sent % len(wire)]
-                sent += 1
-                start = time.perf_counter()
-                writer.write(payload)
-                status = await _read_response(reader)
-                if record:
-                    samples.append((request.domain, time.perf_counter() - start))
-                    statuses[status] = statuses.get(status, 0) + 1
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(client(warmup, False) for _ in range(concurrency)))
-    sent = 0
+    await http_load.closed_loop(host, port, wire, concurrency, warmup)
     started = time.perf_counter()
-    await asyncio.gather(*(client(total, True) for _ in range(concurrency)))
-    return Run(concurrency, time.perf_counter() - started, statuses, samples)
+    shots = await http_load.closed_loop(host, port, wire, concurrency, total)
+    wall = time.perf_counter() - started
+    statuses: dict[int, int] = {}
+    for shot in shots:
+        statuses[shot.status] = statuses.get(shot.status, 0) + 1
+    samples = [(requests[shot.index].domain, shot.latency_s) for shot in shots]
+    return Run(concurrency, wall, statuses, samples)
 
 
 def summarise(runs: Sequence[Run]) -> dict[str, Any]:
@@ -125,7 +115,7 @@ def summarise(runs: Sequence[Run]) -> dict[str, Any]:
         own = np.asarray([latency for domain, latency in samples if domain == name]) * 1000
         per_domain[name] = {
             "requests": int(own.size),
-            **{f"p{q}_ms": round(float(np.percentile(own, q)), 2) for q in (50, 95, 99)},
+            **{f"p{q}_ms": round(float(np.percentile(own, q)), 2) for q in (50, 90, 95, 99)},
         }
     return {
         "concurrency": runs[0].concurrency,
@@ -137,6 +127,7 @@ def summarise(runs: Sequence[Run]) -> dict[str, Any]:
         "throughput_rps": round(len(samples) / wall, 2),
         "round_throughputs_rps": [round(len(run.samples) / run.wall_s, 2) for run in runs],
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p90_ms": round(float(np.percentile(ms, 90)), 2),
         "p95_ms": round(float(np.percentile(ms, 95)), 2),
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
         "mean_ms": round(float(ms.mean()), 2),
@@ -145,42 +136,39 @@ def summarise(runs: Sequence[Run]) -> dict[str, Any]:
 
 
 def run_closed_loop(
-    target: Target, requests: Sequence[Request], concurrency: int, total: int, warmup: int
+    target: Target,
+    requests: Sequence[Request],
+    concurrency: int,
+    total: int,
+    warmup: int,
+    timeout_s: float | None = None,
 ) -> Run:
-    """``closed_loop`` on a fresh event loop (uvloop when installed)."""
+    """``closed_loop`` on a fresh event loop (uvloop when installed); ``TimeoutError`` when it
+    has not finished within ``timeout_s``."""
+    run = asyncio.wait_for(closed_loop(target, requests, concurrency, total, warmup), timeout_s)
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(closed_loop(target, requests, concurrency, total, warmup))
-    return uvloop.run(closed_loop(target, requests, concurrency, total, warmup))
+        return asyncio.run(run)
+    return uvloop.run(run)
 
 
 def _serialise(host: str, port: int, target: Target, request: Request) -> bytes:
     path, headers = target.make(request)
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    lines.append(f"Content-Length: {len(request.body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + request.body
+    return http_load.raw_request(host, port, "POST", path, request.body, headers)
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
-    """Read one HTTP/1.1 response (Content-Length or chunked body); return its status code."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    fields = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        fields[name.strip().lower()] = value.strip()
-    if "content-length" in fields:
-        await reader.readexactly(int(fields["content-length"]))
-    elif fields.get("transfer-encoding", "").lower() == "chunked":
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    return status
+def export_revision(revision: str, folder: Path) -> Path:
+    """The code of a git revision of this repository, extracted into ``folder`` (to run a
+    server from, beside the working tree's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", revision],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
 
 
 def _get_ok(url: str) -> bool:
@@ -203,6 +191,39 @@ def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None
 
 
 @contextlib.contextmanager
+def server_process(
+    name: str,
+    command: Sequence[str],
+    ready_url: str,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    startup_timeout_s: float = 120.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` in a new session, output to ``log_path``, until the block ends: yields the
+    process once ``ready_url`` answers 200; then stops its whole process group (SIGTERM, SIGKILL
+    after a grace period), also on error."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + startup_timeout_s
+            while not _get_ok(ready_url):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not start; see {log_path}")
+                time.sleep(0.25)
+            yield process
+        finally:
+            _stop_group(process)
+
+
+@contextlib.contextmanager
 def fastapi_process(
     artifact_path: Path,
     settings: dict[str, str],
@@ -214,7 +235,7 @@ def fastapi_process(
     process. ``command_prefix`` runs it through a wrapper that execs it (e.g. ``prlimit``);
     ``source_tree`` is the checkout whose code it runs."""
     port = free_port()
-    env = {**os.environ, **settings, "MDP_HOST": "127.0.0.1", "MDP_PORT": str(port)}
+    env = {**settings, "MDP_HOST": "127.0.0.1", "MDP_PORT": str(port)}
     command = [
         *command_prefix,
         sys.executable,
@@ -227,29 +248,24 @@ def fastapi_process(
         "--model-version",
         artifact_path.name,
     ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=source_tree,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while not _get_ok(f"{url}/readyz"):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the FastAPI service did not start; see {log_path}")
-                time.sleep(0.25)
-            yield url, process
-        finally:
-            _stop_group(process)
+    url = f"http://127.0.0.1:{port}"
+    with server_process(
+        "the FastAPI service", command, f"{url}/readyz", log_path, env, source_tree
+    ) as process:
+        yield url, process
 
 
 @contextlib.contextmanager
-def fastapi_server(artifact_path: Path, settings: dict[str, str], log_path: Path) -> Iterator[str]:
-    """``python -m service`` on a free port until the block ends; yields its base URL."""
-    with fastapi_process(artifact_path, settings, log_path) as (url, _):
+def fastapi_server(
+    artifact_path: Path,
+    settings: dict[str, str],
+    log_path: Path,
+    root: Path = ROOT,
+    started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> Iterator[str]:
+    """``python -m service`` (the code under ``root``) on a free port until the block ends;
+    yields its base URL (and hands the process to ``started`` once it is ready)."""
+    with fastapi_process(artifact_path, settings, log_path, source_tree=root) as (url, process):
+        if started is not None:
+            started(process)
         yield url

@@ -16,21 +16,19 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import shlex
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import skimage.data
 import torch
+from _results import RESULTS, command, write_results
 from PIL import Image
 from torchvision.transforms import v2
 
 from multidomain.preprocess import WHOLE_RESIZE_MAX_ASPECT, eval_resize
 from training.data import EMBEDDED_DOMAINS, build_embedded_benchmark
 
-RESULTS = Path(__file__).parent / "results"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "immunohistochemistry")
 NORMAL_SIZES = ((37, 29), (29, 37), (80, 60), (213, 320), (500, 375), (1024, 683), (2048, 1536))
 STRIP_SIZES = ((1500, 200), (200, 1500), (4000, 90), (90, 4000), (6000, 25), (13, 5000))
@@ -146,7 +144,7 @@ def main() -> None:
         for image_size in sizes:
             compare_draft(large, image_size, factor, draft_rows)
     result = {
-        "command": shlex.join(["python", *sys.argv]),
+        "command": command(),
         "reference": "torchvision v2 RGB -> Resize(size, bilinear, antialias) -> CenterCrop(size)",
         "whole_resize_max_aspect": WHOLE_RESIZE_MAX_ASPECT,
         "source_sizes": [list(s) for s in NORMAL_SIZES],
@@ -154,8 +152,6 @@ def main() -> None:
         "rows": rows,
         "jpeg_draft_rows": draft_rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# eval_resize vs the torchvision transform it replaces",
         "",
@@ -190,7 +186,7 @@ def main() -> None:
             f"| {r['draft_at_least']} | {r['input_size']} | {r['images']} | {sizes_seen} "
             f"| {r['max_abs_diff']} |"
         )
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,33 +18,58 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from _results import RESULTS, command, write_results
 
-from multidomain.artifact import load_artifact
+from multidomain.artifact import Artifact, load_artifact
 from multidomain.costs import subnet_totals
 from multidomain.fold import serving_network
 from multidomain.network import ResNet26
 
 
-def paired_median_ms(
-    first: torch.nn.Module, second: torch.nn.Module, batch: torch.Tensor, repeats: int
-) -> tuple[float, float]:
-    """Median forward times of two networks, timed alternately so that drifts in the machine's
-    speed affect both alike."""
-    times: tuple[list[float], list[float]] = ([], [])
+def alternating_median_ms(
+    runs: Sequence[tuple[torch.nn.Module, torch.Tensor]], repeats: int, warmup: int = 5
+) -> list[float]:
+    """Median forward time (ms, inference mode) of each network on its batch, the networks
+    timed in turn so that drifts in the machine's speed affect all alike."""
+    times: list[list[float]] = [[] for _ in runs]
     with torch.inference_mode():
-        for _ in range(5):
-            first(batch)
-            second(batch)
+        for _ in range(warmup):
+            for network, batch in runs:
+                network(batch)
         for _ in range(repeats):
-            for network, samples in zip((first, second), times, strict=True):
+            for (network, batch), samples in zip(runs, times, strict=True):
                 start = time.perf_counter()
                 network(batch)
                 samples.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times[0]), 1000 * statistics.median(times[1])
+    return [1000 * statistics.median(samples) for samples in times]
+
+
+def paired_median_ms(
+    first: torch.nn.Module, second: torch.nn.Module, batch: torch.Tensor, repeats: int
+) -> tuple[float, float]:
+    """Median forward times of two networks on one batch, timed alternately."""
+    first_ms, second_ms = alternating_median_ms([(first, batch), (second, batch)], repeats)
+    return first_ms, second_ms
+
+
+def served_forward_ms(artifact: Artifact, batch: int, repeats: int) -> dict[str, float]:
+    """Median forward time (ms) of every domain's served network (the compact subnetwork as
+    the servers run it) on a batch of ``batch`` uint8 images, at the current torch threads."""
+    runs = [
+        (
+            artifact.served_network(entry.name),
+            torch.randint(
+                0, 256, (batch, 3, entry.image_size, entry.image_size), dtype=torch.uint8
+            ),
+        )
+        for entry in artifact.domains
+    ]
+    times = alternating_median_ms(runs, repeats)
+    return {entry.name: ms for entry, ms in zip(artifact.domains, times, strict=True)}
 
 
 def simd_lanes() -> int:

@@ -71,14 +71,17 @@ class Ports:
     inference: int
     management: int
     metrics: int
+    grpc_inference: int
+    grpc_management: int
 
     @classmethod
     def free(cls) -> Ports:
+        """Five distinct free ports: TorchServe also opens gRPC ports (7070/7071 unless told
+        otherwise), which collide when two instances run on one machine."""
         ports: set[int] = set()
-        while len(ports) < 3:
+        while len(ports) < 5:
             ports.add(free_port())
-        inference, management, metrics = sorted(ports)
-        return cls(inference, management, metrics)
+        return cls(*sorted(ports))
 
 
 def config_properties(
@@ -89,6 +92,10 @@ def config_properties(
         "inference_address": f"http://127.0.0.1:{ports.inference}",
         "management_address": f"http://127.0.0.1:{ports.management}",
         "metrics_address": f"http://127.0.0.1:{ports.metrics}",
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_management_address": "127.0.0.1",
+        "grpc_inference_port": str(ports.grpc_inference),
+        "grpc_management_port": str(ports.grpc_management),
         "metrics_mode": "prometheus",
         "disable_token_authorization": "true",
         "default_workers_per_model": str(workers),

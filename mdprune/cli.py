@@ -9,12 +9,17 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+from multidomain import __version__
 
 if TYPE_CHECKING:
     from training.budget import BudgetConfig
@@ -22,9 +27,51 @@ if TYPE_CHECKING:
 
 __all__ = ["app", "clean_errors", "main"]
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mdprune {__version__}")
+        raise typer.Exit()
+
+
+def _version_option() -> Any:
+    """The ``--version`` option, built by typer from a one-command app."""
+    probe = typer.Typer(add_completion=False)
+
+    @probe.command()
+    def version(
+        show: Annotated[
+            bool,
+            typer.Option(
+                "--version",
+                callback=_print_version,
+                is_eager=True,
+                expose_value=False,
+                help="Show the version and exit.",
+            ),
+        ] = False,
+    ) -> None: ...
+
+    return next(p for p in typer.main.get_command(probe).params if p.name == "show")
+
+
+class _Commands(TyperGroup):
+    """``mdprune`` and each of its commands, present and future, answer ``--version``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        option = _version_option()
+        for command in [self, *self.commands.values()]:
+            command.params.append(option)
+
+
 app = typer.Typer(
+    cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
+    # click's plain help: full option names at any width (rich's table cuts them at 80 columns)
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Budget-aware pruning for multi-domain learning: train offline, serve online.",
 )
 
@@ -33,6 +80,7 @@ DomainsOpt = Annotated[
     typer.Option(
         "--domains",
         "-d",
+        metavar="SPEC",
         help="Data to use, repeatable: 'embedded' (all embedded domains), 'embedded:<name>', "
         "'imagefolder:<name>=<path>' or 'decathlon:<name>=<path>'.",
     ),
@@ -123,7 +171,9 @@ def data(
     seed: SeedOpt = 0,
     workers: WorkersOpt = 2,
 ) -> None:
-    """Build (or load from cache) the data and print the summary table and digest."""
+    """Build or load the data; print its summary.
+
+    Prints the table of domains and splits and the benchmark digest (sha256)."""
     with clean_errors():
         runtime = _runtime("cpu", workers)
         with runtime.session():
@@ -152,13 +202,14 @@ def pretrain(
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
 ) -> None:
-    """Pre-train the backbone (the single-domain baseline); resumes from its checkpoint.
+    """Pre-train the backbone, resuming a checkpoint.
 
-    Distributed: torchrun --nproc_per_node=N -m mdprune pretrain ... (--batch-size is per
-    domain over all processes)."""
+    The backbone is also the single-domain baseline. Distributed: torchrun
+    --nproc_per_node=N -m mdprune pretrain ... (--batch-size is per domain over all
+    processes)."""
     with clean_errors():
         from multidomain.arch import ArchSpec
-        from training.pretrain import PretrainConfig, pretrain_backbone
+        from training.pretrain import PretrainConfig, backbone_record, pretrain_backbone
 
         runtime = _runtime(device, workers)
         arch = ArchSpec(width_mult=width_mult, image_size=image_size)
@@ -170,6 +221,8 @@ def pretrain(
             checkpoint_every=checkpoint_every,
         )
         runtime.check_batch_size(config.batch_size)
+        if init_from is not None:
+            backbone_record(init_from)
         with runtime.session():
             loaded = _load(domains, cache_dir, image_size, seed, runtime)
             pretrain_backbone(list(loaded.values()), arch, config, run_dir, init_from, runtime)
@@ -190,7 +243,10 @@ LearnableOpt = Annotated[
 TrainStepsOpt = Annotated[int, typer.Option(help="Budget-aware training steps.")]
 StoreOpt = Annotated[Path, typer.Option(help="Model store the artifact is exported into.")]
 NameOpt = Annotated[str, typer.Option(help="Model name in the store.")]
-VersionOpt = Annotated[str | None, typer.Option(help="Version folder (default: UTC timestamp).")]
+VersionOpt = Annotated[
+    str | None,
+    typer.Option("--model-version", help="Version folder (default: UTC timestamp)."),
+]
 
 
 def _budget_config(
@@ -259,11 +315,15 @@ def train(
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
 ) -> None:
-    """Budget-aware multi-domain training, pruning and export of the compact artifact.
+    """Budget-aware training, pruning and export.
 
-    Distributed: torchrun --nproc_per_node=N -m mdprune train ... (rank 0 exports)."""
+    Learns each domain's channel switches over a finished backbone under the budget, removes
+    the channels no domain uses and exports the compact artifact. Distributed: torchrun
+    --nproc_per_node=N -m mdprune train ... (rank 0 exports)."""
     with clean_errors():
-        from training.pretrain import load_backbone
+        from multidomain.arch import ArchSpec
+        from training.budget import check_budget_reachable
+        from training.pretrain import backbone_record
 
         runtime = _runtime(device, workers)
         config = _budget_config(
@@ -271,9 +331,10 @@ def train(
         )
         runtime.check_batch_size(config.batch_size)
         _check_target(model_store, model_name, version)
-        record, _ = load_backbone(backbone)
+        arch = ArchSpec.from_dict(backbone_record(backbone)["arch"])
+        check_budget_reachable(config, arch)
         with runtime.session():
-            loaded = _load(domains, cache_dir, int(record["arch"]["image_size"]), seed, runtime)
+            loaded = _load(domains, cache_dir, arch.image_size, seed, runtime)
             _train_and_export(loaded, backbone, config, model_store, model_name, version, runtime)
 
 
@@ -298,10 +359,22 @@ def pipeline(
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
+    if_missing: Annotated[
+        bool,
+        typer.Option(
+            "--if-missing",
+            help="Train only when the store holds no complete, verified version of the model "
+            "(of --model-version, if given); otherwise keep the newest one.",
+        ),
+    ] = False,
 ) -> None:
-    """The main job: data -> backbone -> budget-aware training -> prune -> export -> serve."""
+    """The main job: from the data to a served model.
+
+    data -> backbone -> budget-aware training -> prune -> export -> serve; the curl example
+    is printed once the service is ready."""
     with clean_errors():
         from multidomain.arch import ArchSpec
+        from training.budget import check_budget_reachable
         from training.pretrain import PretrainConfig, pretrain_backbone
 
         runtime = _runtime(device, workers)
@@ -311,8 +384,16 @@ def pipeline(
         pretrain_config = PretrainConfig(steps=pretrain_steps, seed=seed)
         for batch_size in (config.batch_size, pretrain_config.batch_size):
             runtime.check_batch_size(batch_size)
+        existing = _verified_version(model_store, model_name, version) if if_missing else None
+        if existing is not None:
+            typer.echo(f"{existing} exists and verifies: not training (--if-missing)")
+            if serve:
+                _serve(["--model-store", str(model_store), "--model-name", model_name,
+                        "--model-version", existing.name, "--port", str(port)])  # fmt: skip
+            return
         _check_target(model_store, model_name, version)
         arch = ArchSpec(width_mult=width_mult, image_size=image_size)
+        check_budget_reachable(config, arch)
         with runtime.session():
             loaded = _load(domains, cache_dir, image_size, seed, runtime)
             pretrain_backbone(list(loaded.values()), arch, pretrain_config, run_dir, None, runtime)
@@ -321,12 +402,53 @@ def pipeline(
             )
     if serve:
         sample = _write_sample_image(next(iter(loaded.values())), run_dir)
-        typer.echo(
-            f"serving {path} on http://127.0.0.1:{port} (Ctrl-C stops it); try:\n"
+        url = f"http://127.0.0.1:{port}"
+        typer.echo(f"serving {path} on {url} (Ctrl-C stops it); loading the model")
+        _announce_when_ready(
+            f"{url}/readyz",
+            f"ready on {url}; try:\n"
             f"  curl -s -X POST -H 'Content-Type: image/png' --data-binary @{sample} "
-            f"http://127.0.0.1:{port}/v1/domains/{sample.stem.split('-', 1)[1]}/predict"
+            f"{url}/v1/domains/{sample.stem.split('-', 1)[1]}/predict",
         )
         _serve(["--model-store", str(model_store), "--model-name", model_name, "--port", str(port)])
+
+
+def _announce_when_ready(ready_url: str, message: str, interval_s: float = 0.2) -> threading.Event:
+    """Print ``message`` once ``ready_url`` (the service's ``/readyz``) answers 200, from a
+    daemon thread (it ends with the process if the service never gets ready). Setting the
+    returned event stops the wait."""
+    stop = threading.Event()
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def wait() -> None:
+        while not stop.is_set():
+            try:
+                with opener.open(ready_url, timeout=2) as response:
+                    if response.status == 200:
+                        typer.echo(message)
+                        return
+            except OSError:  # not listening yet, or 503 (HTTPError) while the model loads
+                pass
+            stop.wait(interval_s)
+
+    threading.Thread(target=wait, name="announce-ready", daemon=True).start()
+    return stop
+
+
+def _verified_version(model_store: Path, model_name: str, version: str | None) -> Path | None:
+    """The newest complete version (or ``version``) if it loads and verifies, else None."""
+    from multidomain.artifact import ArtifactError, load_artifact, resolve_artifact
+
+    try:
+        path = resolve_artifact(model_store, model_name, version or "latest")
+    except ArtifactError:
+        return None
+    try:
+        load_artifact(path)
+    except ArtifactError as exc:
+        typer.echo(f"warning: {path} does not verify ({exc}); training a new version", err=True)
+        return None
+    return path
 
 
 def _write_sample_image(domain: Any, folder: Path) -> Path:
@@ -338,13 +460,26 @@ def _write_sample_image(domain: Any, folder: Path) -> Path:
     return target
 
 
-@app.command()
-def verify(path: Annotated[Path, typer.Argument(help="Artifact folder.")]) -> None:
-    """Verify an artifact (schema, hashes, shapes) and print what it holds."""
-    with clean_errors():
-        from multidomain.artifact import load_artifact
+ArtifactArg = Annotated[
+    Path,
+    typer.Argument(
+        metavar="ARTIFACT",
+        show_default=False,
+        help="Artifact folder <store>/<name>/<version>, or <store>/<name> (or "
+        "<store>/<name>/latest) for its newest version.",
+    ),
+]
 
-        artifact = load_artifact(path)
+
+@app.command()
+def verify(path: ArtifactArg) -> None:
+    """Verify an artifact and print what it holds.
+
+    Checks the manifest's schema, the weights' hash and every tensor's shape."""
+    with clean_errors():
+        from multidomain.artifact import find_artifact, load_artifact
+
+        artifact = load_artifact(find_artifact(path))
         typer.echo(f"{artifact.name} {artifact.version}: OK")
         for entry in artifact.domains:
             info = entry.info
@@ -359,7 +494,7 @@ def verify(path: Annotated[Path, typer.Argument(help="Artifact folder.")]) -> No
 
 @app.command("predict-decathlon")
 def predict_decathlon(
-    path: Annotated[Path, typer.Argument(help="Artifact folder (model_store/<name>/<version>).")],
+    path: ArtifactArg,
     root: Annotated[
         Path,
         typer.Option(
@@ -380,9 +515,11 @@ def predict_decathlon(
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
 ) -> None:
-    """Write the Visual Decathlon results file for the stripped test sets from an artifact."""
+    """Predict the stripped Decathlon test sets.
+
+    Writes the challenge's results file [{image_id, category_id}] from an artifact."""
     with clean_errors():
-        from multidomain.artifact import load_artifact
+        from multidomain.artifact import find_artifact, load_artifact
         from multidomain.files import write_json
         from training.predict import predict_decathlon as predict
 
@@ -393,7 +530,7 @@ def predict_decathlon(
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         if out.is_dir():
             raise ValueError(f"--out {out} is a directory; name the results file")
-        artifact = load_artifact(path)
+        artifact = load_artifact(find_artifact(path))
         names = domain or [d.name for d in artifact.domains]
         for name in names:
             artifact.domain(name)  # KeyError naming the known domains
@@ -412,6 +549,7 @@ def report(
     inputs: Annotated[
         list[Path],
         typer.Argument(
+            metavar="PATH",
             help="Artifact folders, folders searched for manifest.json (a model store), "
             "or results JSONs of bench/budget_grid.py.",
             show_default=False,
@@ -424,19 +562,37 @@ def report(
         int,
         typer.Option(help="Most channel-usage pictures (beyond it: only runs at budget 0.5)."),
     ] = 6,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a report in --out that shows more of the same runs (by default it is "
+            "kept and the command fails).",
+        ),
+    ] = False,
 ) -> None:
-    """Report runs: report.md + report.json + plots (accuracy, cost, channel usage).
+    """Report runs: tables and plots.
 
-    Exits 1 (after writing the report) if a domain exceeds its budget."""
+    Writes report.md, report.json and plots (accuracy, cost, channel usage).
+
+    Prints a warning for each artifact folder not found and each field not recorded. Exits 1
+    (after writing the report) if a domain exceeds its budget."""
     with clean_errors():
         from reporting.build import build_report
 
-        result = build_report(inputs, out, max_channel_plots)
+        result = build_report(
+            inputs,
+            out,
+            max_channel_plots,
+            replace_fuller=force,
+            warn=lambda line: typer.echo(f"warning: {line}", err=True),
+        )
     plots = result["plots"]
     count = sum(1 for k in ("accuracy_vs_budget", "cost_vs_budget") if plots[k])
+    warned = f", {len(result['warnings'])} warnings (above)" if result["warnings"] else ""
     typer.echo(
         f"wrote {out / 'report.md'} and {out / 'report.json'}: {len(result['rows'])} runs, "
-        f"{count + len(plots['channel_usage'])} plots"
+        f"{count + len(plots['channel_usage'])} plots{warned}"
     )
     over = [
         f"{r['model_name']}/{r['version']}" for r in result["rows"] if r["budget_check"] == "over"
@@ -448,13 +604,7 @@ def report(
 
 @app.command("torchserve-export")
 def torchserve_export(
-    path: Annotated[
-        Path,
-        typer.Argument(
-            help="Artifact folder (model_store/<name>/<version>), or model_store/<name> for "
-            "its newest version."
-        ),
-    ],
+    path: ArtifactArg,
     model_store: Annotated[Path, typer.Option(help="Folder the .mar is written into.")] = Path(
         "model_store"
     ),
@@ -466,13 +616,14 @@ def torchserve_export(
     workers: Annotated[int, typer.Option(help="TorchServe workers (processes).")] = 1,
     torch_threads: Annotated[int, typer.Option(help="torch threads per worker.")] = 1,
 ) -> None:
-    """Package an artifact for TorchServe: <model-store>/<name>.mar (handler, artifact, code)."""
+    """Package an artifact for TorchServe (.mar).
+
+    Writes <model-store>/<name>.mar: the handler, the artifact and the code it needs."""
     with clean_errors():
-        from multidomain.artifact import MANIFEST_FILE, load_artifact, resolve_artifact
+        from multidomain.artifact import find_artifact, load_artifact
         from torchserving.export import TorchServeModelConfig, export_mar
 
-        if not (path / MANIFEST_FILE).is_file() and path.is_dir():
-            path = resolve_artifact(path.parent, path.name)
+        path = find_artifact(path)
 
         config = TorchServeModelConfig(
             batch_size=batch_size,
@@ -491,7 +642,7 @@ def torchserve_export(
 def _serve(argv: list[str]) -> None:
     from service.server import main as serve_main
 
-    serve_main(argv)
+    serve_main(argv, prog="mdprune serve")
 
 
 @app.command(
@@ -499,7 +650,9 @@ def _serve(argv: list[str]) -> None:
     add_help_option=False,
 )
 def serve(ctx: typer.Context) -> None:
-    """Serve an artifact with FastAPI + uvicorn (options: see 'mdprune serve --help')."""
+    """Serve an artifact with FastAPI + uvicorn.
+
+    Options: see 'mdprune serve -h'."""
     _serve(list(ctx.args))
 
 

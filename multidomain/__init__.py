@@ -8,3 +8,12 @@ imported here); nothing of this project outside ``multidomain``, and never a web
 TorchServe archives ship a copy of this package and nothing else of the project. ``arch``,
 ``files`` and ``stats`` import no torch, so ``reporting`` may use them.
 """
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
+try:
+    #: The installed distribution's version (``unknown`` when run from a source tree only)
+    __version__ = _distribution_version("multidomain-pruning")
+except PackageNotFoundError:
+    __version__ = "unknown"

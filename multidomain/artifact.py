@@ -23,6 +23,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from multidomain.arch import ArchitectureError, ArchSpec
-from multidomain.files import sha256_file
+from multidomain.files import apply_umask_mode, sha256_file
 from multidomain.fold import serving_network
 from multidomain.network import ResNet26, domain_tensor_name
 
@@ -46,6 +47,7 @@ __all__ = [
     "ArtifactError",
     "DomainEntry",
     "check_name",
+    "find_artifact",
     "load_artifact",
     "manifest_digest",
     "resolve_artifact",
@@ -192,7 +194,8 @@ def write_artifact(
     shared: Mapping[str, Tensor],
     domain_tensors: Sequence[Mapping[str, Tensor]],
 ) -> Path:
-    """Write atomically: a temporary folder beside ``out_dir`` renamed into place at the end."""
+    """Write atomically: a temporary folder beside ``out_dir`` renamed into place at the end,
+    with the modes the umask gives (readable by other users under umask 022)."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ArtifactError(f"artifact folder already exists: {out_dir}")
@@ -211,6 +214,8 @@ def write_artifact(
         full = {**body, "weights_sha256": sha256_file(tmp / WEIGHTS_FILE)}
         (tmp / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
         load_artifact(tmp)  # refuse to publish anything that does not load back
+        for path in (tmp / WEIGHTS_FILE, tmp / MANIFEST_FILE, tmp):
+            apply_umask_mode(path)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -366,7 +371,9 @@ def load_artifact(path: Path) -> Artifact:
 
 
 def resolve_artifact(model_store: Path, model_name: str, version: str = "latest") -> Path:
-    """``model_store/<name>/<version>``; ``latest`` is the newest complete version folder."""
+    """``model_store/<name>/<version>``; ``latest`` is the complete version folder whose
+    manifest's ``created_at`` is newest (folder name breaking ties; a manifest without a
+    readable ``created_at`` counts as oldest, one that is not valid JSON is skipped)."""
     check_name("model name", model_name)
     root = Path(model_store) / model_name
     if version != "latest":
@@ -375,10 +382,57 @@ def resolve_artifact(model_store: Path, model_name: str, version: str = "latest"
         if not (target / MANIFEST_FILE).is_file():
             raise ArtifactError(f"no artifact at {target}")
         return target
-    candidates = sorted(
-        (p for p in root.glob("*") if (p / MANIFEST_FILE).is_file() and not p.name.startswith(".")),
-        key=lambda p: p.name,
-    )
+    candidates = []
+    for folder in root.glob("*"):
+        if folder.name.startswith(".") or not (folder / MANIFEST_FILE).is_file():
+            continue
+        created = _created_at(folder / MANIFEST_FILE)
+        if created is not None:
+            candidates.append((created, folder.name, folder))
     if not candidates:
         raise ArtifactError(f"no artifact versions under {root}")
-    return candidates[-1]
+    return max(candidates)[2]
+
+
+_OLDEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _created_at(manifest_path: Path) -> datetime | None:
+    """The manifest's ``created_at`` (UTC when it names no zone), ``_OLDEST`` when it has none
+    that parses, None when the manifest is not a JSON object."""
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    try:
+        created = datetime.fromisoformat(str(manifest["created_at"]))
+    except (KeyError, ValueError):
+        return _OLDEST
+    return created if created.tzinfo is not None else created.replace(tzinfo=UTC)
+
+
+def find_artifact(path: Path) -> Path:
+    """The artifact a command-line path names, the same for every command: an artifact folder
+    (``<store>/<name>/<version>``, holding ``manifest.json``), ``<store>/<name>/latest`` or a
+    model folder ``<store>/<name>`` (its newest version, as ``resolve_artifact`` chooses it)."""
+    path = Path(path)
+    if (path / MANIFEST_FILE).is_file():
+        return path
+    if path.name == "latest" and not path.exists():
+        return resolve_artifact(path.parent.parent, path.parent.name)
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: no such artifact folder")
+    if not any(path.glob(f"*/{MANIFEST_FILE}")):
+        models = sorted({p.parent.parent.name for p in path.glob(f"*/*/{MANIFEST_FILE}")})
+        if models:
+            raise ArtifactError(
+                f"{path} is a model store: name a model in it, e.g. {path / models[0]}"
+            )
+        raise ArtifactError(
+            f"{path}: no {MANIFEST_FILE} here nor in a version folder beneath it "
+            "(expected <store>/<name> or <store>/<name>/<version>)"
+        )
+    folder = path if path.name not in ("", "..") else path.resolve()  # "." or ".." by name
+    return resolve_artifact(folder.parent, folder.name)

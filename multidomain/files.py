@@ -1,7 +1,8 @@
 """File helpers every package may use (no torch): atomic writes, JSON reading, sha256.
 
 A write goes to a temporary file beside its target and is renamed into place only when it is
-complete, so nothing half-written is ever left under the final name.
+complete, so nothing half-written is ever left under the final name, with the mode a plain
+``open`` would have given it under the umask (readable by other users under umask 022).
 """
 
 from __future__ import annotations
@@ -15,18 +16,52 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "read_json", "sha256_file", "write_json", "write_text"]
+__all__ = [
+    "apply_umask_mode",
+    "atomic_path",
+    "current_umask",
+    "read_json",
+    "sha256_file",
+    "write_json",
+    "write_text",
+]
+
+
+def current_umask() -> int:
+    """The process umask, read from /proc where it exists (``os.umask`` changes it for a moment,
+    for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask_mode(path: Path) -> None:
+    """Give a file or folder the mode a plain ``open`` or ``mkdir`` would have given it: 0666 or
+    0777 less the umask (0644 / 0755 under umask 022). ``tempfile`` creates 0600 files and 0700
+    folders, and safetensors writes 0600 files: published as they are, a reader running as
+    another user (a service beside the trainer) could not open them."""
+    full = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, full & ~current_umask())
 
 
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it into place only on success."""
+    """Yield a temporary path beside ``target``; rename it into place only on success, with the
+    mode the umask gives (``mkstemp`` creates it 0600)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        apply_umask_mode(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -17,17 +17,24 @@ shown as missing and whatever cannot be plotted is skipped. Plots:
 
 Every run is also checked against its budget: a domain whose ``params_fraction`` or
 ``macs_fraction`` (the ones its ``budget_metric`` caps) exceeds the budget is reported.
+
+What the report could not use (an artifact folder not found, a field not recorded) is named in
+its warnings: returned, passed to ``warn`` and written into both files. A report already in
+the output folder is not replaced by one that shows less of the same runs (fewer values or
+channel pictures) unless ``replace_fuller``; pictures of the previous report that this one does
+not draw are removed.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from datetime import datetime, timezone
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from multidomain.files import write_json, write_text
+from multidomain.files import read_json, write_json, write_text
 from reporting.channels import ChannelUsage, channel_usage
 from reporting.checks import check_runs
 from reporting.errors import ReportError
@@ -35,7 +42,7 @@ from reporting.inputs import Run, collect_runs
 from reporting.plots import ACCURACY_PLOT, COST_PLOT, plot_accuracy, plot_channel_usage, plot_costs
 from reporting.render import reference_row, render_markdown, run_row
 
-__all__ = ["DEFAULT_BUDGET", "MAX_CHANNEL_PLOTS", "build_report"]
+__all__ = ["DEFAULT_BUDGET", "MAX_CHANNEL_PLOTS", "build_report", "missing_fields"]
 
 DEFAULT_BUDGET = 0.5
 MAX_CHANNEL_PLOTS = 6
@@ -61,17 +68,147 @@ def _choose_channel_runs(runs: Sequence[Run], limit: int) -> list[tuple[Run, Cha
     return (default or candidates)[:limit]
 
 
+def missing_fields(run: Run) -> list[str]:
+    """What the report shows for ``run`` but its source does not record."""
+    missing = [
+        name
+        for name, value in (
+            ("budget", run.budget),
+            ("budget_metric", run.budget_metric),
+            ("sharing", None if run.sharing == "?" else run.sharing),
+            ("sharing weight", 0.0 if run.sharing == "none" else run.sharing_weight),
+            ("compact params_fraction", run.compact_params_fraction),
+            ("training wall time", run.wall_time_s),
+        )
+        if value is None
+    ]
+    for name, values in (
+        ("test_accuracy", run.test_accuracy),
+        ("params_fraction", run.params_fraction),
+        ("macs_fraction", run.macs_fraction),
+    ):
+        lacking = [d for d in run.domains if values.get(d) is None]
+        if lacking:
+            missing.append(f"{name} of {', '.join(lacking)}")
+    if run.manifest is None or channel_usage(run.manifest) is None:
+        missing.append("channel lists")
+    return missing
+
+
+def run_warnings(runs: Sequence[Run]) -> list[str]:
+    """One line per run whose source lacks something the report shows."""
+    warnings = []
+    for run in runs:
+        missing = missing_fields(run)
+        lacking = f"; not recorded: {', '.join(missing)}" if missing else ""
+        if run.note is not None:
+            warnings.append(f"{run.label}: {run.note}{lacking}")
+        elif missing:
+            warnings.append(f"{run.label} ({run.source}){lacking}")
+    return warnings
+
+
+#: Row fields compared with a previous report (the rest is derived or bookkeeping)
+_VALUE_FIELDS = (
+    "budget",
+    "budget_metric",
+    "sharing_weight",
+    "learnable_sharing_weight",
+    "mean_test_accuracy",
+    "test_accuracy",
+    "compact_params_fraction",
+    "domain_params_fraction",
+    "domain_macs_fraction",
+    "wall_time_s",
+)
+
+
+def _lost(previous: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Counter[str]:
+    """What the previous report showed of the same runs that ``rows`` would not."""
+    old_rows = {
+        f"{r.get('model_name')}/{r.get('version')}": r
+        for r in previous.get("rows", [])
+        if isinstance(r, Mapping)
+    }
+    lost: Counter[str] = Counter()
+    for row in rows:
+        old = old_rows.get(f"{row['model_name']}/{row['version']}")
+        if old is None:
+            continue
+        if old.get("channel_usage_plot") and not row["channel_usage_plot"]:
+            lost["channel-usage pictures"] += 1
+        for name in _VALUE_FIELDS:
+            before, after = old.get(name), row[name]
+            if isinstance(before, Mapping):
+                after = after if isinstance(after, Mapping) else {}
+                lost[name] += sum(v is not None and after.get(k) is None for k, v in before.items())
+            elif before is not None and after is None:
+                lost[name] += 1
+    return +lost
+
+
+def _previous_report(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / "report.json"
+    if not path.is_file():
+        return None
+    try:
+        previous = read_json(path, ReportError)
+    except ReportError:
+        return None  # unreadable: nothing to keep
+    return previous if isinstance(previous, dict) else None
+
+
+def _plot_files(report: Mapping[str, Any]) -> set[str]:
+    plots = report.get("plots")
+    if not isinstance(plots, Mapping):
+        return set()
+    names = [plots.get("accuracy_vs_budget"), plots.get("cost_vs_budget")]
+    channel = plots.get("channel_usage")
+    names += channel if isinstance(channel, list) else []
+    return {n for n in names if isinstance(n, str) and n.endswith(".png") and Path(n).name == n}
+
+
 def build_report(
-    inputs: Sequence[Path], out_dir: Path, max_channel_plots: int = MAX_CHANNEL_PLOTS
+    inputs: Sequence[Path],
+    out_dir: Path,
+    max_channel_plots: int = MAX_CHANNEL_PLOTS,
+    replace_fuller: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Read the runs, write ``out_dir/report.{md,json}`` and the plots; returns the JSON."""
+    """Read the runs, write ``out_dir/report.{md,json}`` and the plots; returns the JSON.
+
+    Raises ``ReportError`` (writing nothing) if ``out_dir`` holds a report that shows more of
+    the same runs, unless ``replace_fuller``."""
     if max_channel_plots < 0:
         raise ReportError(f"max channel plots must be >= 0, got {max_channel_plots}")
     runs, references = collect_runs(inputs)
     check_runs(runs)
+    warnings = run_warnings(runs)
+    for line in warnings:
+        if warn is not None:
+            warn(line)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ReportError(f"{out_dir}: exists and is not a folder")
+
+    names: set[str] = set()
+    channel_runs = _choose_channel_runs(runs, max_channel_plots)
+    for run, _ in channel_runs:
+        stem = _file_stem(f"channel_usage_{run.model_name}_{run.version}")
+        name, k = f"{stem}.png", 2
+        while name in names:
+            name, k = f"{stem}-{k}.png", k + 1
+        names.add(name)
+        run.channel_plot = name
+    rows = [run_row(r) for r in runs]
+    previous = _previous_report(out_dir)
+    lost = _lost(previous, rows) if previous is not None else Counter()
+    if lost and not replace_fuller:
+        what = ", ".join(f"{name} {count}" for name, count in sorted(lost.items()))
+        raise ReportError(
+            f"{out_dir / 'report.json'} shows more of these runs than this report would "
+            f"({what}; see the warnings): kept. --force replaces it, --out writes elsewhere"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
 
     plots: dict[str, Any] = {"accuracy_vs_budget": None, "cost_vs_budget": None}
@@ -79,30 +216,26 @@ def build_report(
         plots["accuracy_vs_budget"] = ACCURACY_PLOT
     if plot_costs(runs, out_dir / COST_PLOT):
         plots["cost_vs_budget"] = COST_PLOT
-    names: set[str] = set()
-    channel_plots = []
-    for run, usage in _choose_channel_runs(runs, max_channel_plots):
-        stem = _file_stem(f"channel_usage_{run.model_name}_{run.version}")
-        name, k = f"{stem}.png", 2
-        while name in names:
-            name, k = f"{stem}-{k}.png", k + 1
-        names.add(name)
-        plot_channel_usage(run, usage, out_dir / name)
-        run.channel_plot = name
-        channel_plots.append(name)
-    plots["channel_usage"] = channel_plots
+    for run, usage in channel_runs:
+        assert run.channel_plot is not None
+        plot_channel_usage(run, usage, out_dir / run.channel_plot)
+    plots["channel_usage"] = [run.channel_plot for run, _ in channel_runs]
 
     report = {
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "inputs": [str(p) for p in inputs],
-        "rows": [run_row(r) for r in runs],
+        "rows": rows,
         "references": [reference_row(r) for r in references],
         "plots": plots,
         "budget_check": {
             status: sum(r.budget_status == status for r in runs)
             for status in ("ok", "over", "unchecked")
         },
+        "warnings": warnings,
     }
     write_json(out_dir / "report.json", report)
     write_text(out_dir / "report.md", render_markdown(report))
+    if previous is not None:
+        for stale in sorted(_plot_files(previous) - _plot_files(report)):
+            (out_dir / stale).unlink(missing_ok=True)
     return report

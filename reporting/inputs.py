@@ -1,6 +1,10 @@
 """Reading what the report covers: artifact manifests, folders holding them and the results JSON
 of ``bench/budget_grid.py``. Only JSON is read (no weights, no hash check); optional fields a
 manifest lacks become ``None``.
+
+A grid row is read from its artifact folder's manifest when the folder exists, else from the
+copy of that manifest the row records (``manifest``), else from the row's own numbers (no
+channel lists); the run's ``note`` says which folder was not found.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class Run:
     budget_status: str = "unchecked"  # ok | over | unchecked
     budget_notes: list[str] = field(default_factory=list)
     channel_plot: str | None = None
+    note: str | None = None  # where its data came from, when not from its artifact folder
 
     @property
     def label(self) -> str:
@@ -209,13 +214,27 @@ class _Collector:
         for k, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise ReportError(f"{path}: grid row {k} is not an object")
-            found = _find_artifact(str(row.get("artifact", "")), path)
+            artifact = str(row.get("artifact", ""))
+            found = _find_artifact(artifact, path)
             manifest = read_json(found, ReportError) if found is not None else None
             if found is not None and _is_manifest(manifest):
                 self.add_manifest(found, manifest)
-            elif (key := f"{path.resolve()}#{k}") not in self.seen:
-                self.seen.add(key)
-                self.runs.append(run_from_grid_row(row, f"{path} (grid row {k})"))
+                continue
+            key = f"{path.resolve()}#{k}"
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            source = f"{path} (grid row {k})"
+            recorded = as_mapping(row.get("manifest"))
+            if _is_manifest(recorded):
+                self.runs.append(run_from_manifest(recorded, source))
+                continue
+            run = run_from_grid_row(row, source)
+            run.note = (
+                f"artifact folder {artifact or '(none recorded)'} not found, nor a copy of its "
+                f"manifest in {path}"
+            )
+            self.runs.append(run)
         tag = "" if self.grid_files == 1 else f" [{path.stem}]"
         self.references += _grid_references(data, path, tag)
 

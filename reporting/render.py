@@ -102,6 +102,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         *render_table(rows, report["references"]),
     ]
+    warnings = report.get("warnings") or []
+    if warnings:
+        lines += ["", "## Not found or not recorded", ""]
+        lines += [f"- {line}" for line in warnings]
     check = report["budget_check"]
     lines += [
         "",

@@ -1,15 +1,19 @@
 """The FastAPI app and its load/warm-up/drain lifecycle.
 
-``create_app(settings)`` builds an app whose lifespan loads and verifies the artifact, builds
-every domain's compact subnetwork, warms every domain up and only then reports ready. On
-shutdown readiness goes 503 first, then queued and in-flight work drains. Routes are in
-:mod:`service.routes`, error handling in :mod:`service.exception_handlers`, request metrics in
-:mod:`service.middleware`.
+``create_app(settings)`` builds an app whose lifespan starts loading in the background and
+returns at once, so that the server listens before the model is loaded: ``/livez`` answers 200,
+``/readyz`` and the prediction routes 503 until the artifact is loaded and verified, every
+domain's compact subnetwork built and warmed up. A load that fails is logged in one line and
+reported to ``ServiceState.on_load_failure`` (the server then exits with status 3). On shutdown
+readiness goes 503 first, then queued and in-flight work drains. Routes are in
+:mod:`service.routes`, error handling in :mod:`service.exception_handlers`, the request front
+(request id, auth, admission, metrics, access log) in :mod:`service.middleware`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +28,7 @@ from multidomain.artifact import ArtifactError
 from service.engine import InferenceEngine
 from service.exception_handlers import add_exception_handlers
 from service.metrics import ServiceMetrics
-from service.middleware import ObservabilityMiddleware
+from service.middleware import ServiceMiddleware
 from service.model import load_served_model
 from service.routes import router
 from service.settings import ServiceSettings, load_settings
@@ -38,7 +42,7 @@ logger = logging.getLogger("service")
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """The service app; settings default to the environment (``MDP_*``)."""
     settings = settings or load_settings()
-    state = ServiceState(settings, ServiceMetrics())
+    state = ServiceState(settings, ServiceMetrics(settings.request_timeout_s))
     app = FastAPI(
         title="Multi-domain pruned model service",
         summary="One budget-pruned network serving several image domains.",
@@ -47,7 +51,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.service = state
     app.include_router(router)
     add_exception_handlers(app)
-    app.add_middleware(ObservabilityMiddleware, state=state)
+    app.add_middleware(ServiceMiddleware, state=state)
     app.openapi = _openapi_with_domains(app, state)  # type: ignore[method-assign]
     return app
 
@@ -55,52 +59,82 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
-    settings = state.settings
-    torch.set_num_threads(settings.torch_threads)
+    state.draining, state.load_error = False, None
+    torch.set_num_threads(state.settings.torch_threads)
+    loading = asyncio.create_task(_load(state), name="mdp-load")
     try:
-        model, networks = await asyncio.to_thread(load_served_model, settings)
-    except ArtifactError as exc:
-        logger.error("cannot load the model: %s", exc)
-        raise
-    engine = InferenceEngine(
-        networks,
-        state.metrics,
-        max_batch_size=settings.max_batch_size,
-        max_wait_ms=settings.max_wait_ms,
-        queue_size=settings.queue_size,
-        torch_threads=settings.torch_threads,
-    )
-    pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="mdp-preprocess")
-    try:
-        await engine.start()
-        # Everything loaded so far lives as long as the process: keep it out of the cyclic
-        # collector, whose full passes over it paused every request for ~200 ms.
-        gc.collect()
-        gc.freeze()
-        state.metrics.set_model(
-            model.name,
-            model.version,
-            "unknown" if model.budget is None else str(model.budget),
-            model.sharing or "unknown",
-            model.domains,
-        )
-        state.model, state.engine, state.preprocess_pool = model, engine, pool
-        state.ready = True
-        logger.info(
-            "ready: model %s version %s from %s, domains %s",
-            model.name,
-            model.version,
-            model.path,
-            ", ".join(model.domains),
-        )
         yield
     finally:
-        state.ready = False
-        logger.info("shutting down: draining queued requests")
-        await engine.stop(settings.shutdown_grace_s)
-        pool.shutdown(wait=False, cancel_futures=True)
+        state.begin_shutdown()
+        if not loading.done():
+            loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
+        engine, pool = state.engine, state.preprocess_pool
+        if engine is not None:
+            logger.info("shutting down: draining queued requests")
+            await engine.stop(state.settings.shutdown_grace_s)
+        # a stopped app answers 503 (and a restarted lifespan loads anew)
+        state.model = state.engine = state.preprocess_pool = None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         gc.unfreeze()
         logger.info("stopped")
+
+
+async def _load(state: ServiceState) -> None:
+    """Load, verify and warm up the model, then turn ready; on failure one log line and
+    ``state.fail_loading``."""
+    settings = state.settings
+    logger.info(
+        "loading model %s version %s from %s",
+        settings.model_name,
+        settings.model_version,
+        settings.model_store,
+    )
+    try:
+        model, networks = await asyncio.to_thread(load_served_model, settings)
+        engine = InferenceEngine(
+            networks,
+            state.metrics,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            queue_size=settings.queue_size,
+            torch_threads=settings.torch_threads,
+        )
+        state.engine = engine
+        await engine.start()
+    except ArtifactError as exc:
+        logger.error("cannot load the model: %s", exc)
+        state.fail_loading(str(exc))
+        return
+    except Exception as exc:  # a bug or a broken environment: the traceback is the clue
+        logger.exception("cannot load the model: %s: %s", type(exc).__name__, exc)
+        state.fail_loading(f"{type(exc).__name__}: {exc}")
+        return
+    # Everything loaded so far lives as long as the process: keep it out of the cyclic
+    # collector, whose full passes over it paused every request for ~200 ms.
+    gc.collect()
+    gc.freeze()
+    state.metrics.set_model(
+        model.name,
+        model.version,
+        "unknown" if model.budget is None else str(model.budget),
+        model.sharing or "unknown",
+        model.domains,
+    )
+    state.preprocess_pool = ThreadPoolExecutor(
+        settings.preprocess_threads, thread_name_prefix="mdp-preprocess"
+    )
+    state.model = model
+    state.ready = not state.draining
+    logger.info(
+        "ready: model %s version %s from %s, domains %s",
+        model.name,
+        model.version,
+        model.path,
+        ", ".join(model.domains),
+    )
 
 
 def _openapi_with_domains(app: FastAPI, state: ServiceState) -> Callable[[], dict[str, Any]]:

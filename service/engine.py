@@ -8,12 +8,18 @@ Then it waits for the compute slot and takes up to ``max_batch_size`` images, in
 that queued while another batch computed. Forward passes run one at a time on a single compute
 thread, each using ``torch_threads`` intra-op threads, so the event loop never blocks and the
 cores are not oversubscribed by concurrent domains.
+
+Queue depth counts live images only: an image whose request has gone (deadline, client
+disconnect) leaves the count at once and is dropped unseen when the worker reaches it. A worker
+that dies of a bug fails its queued requests and is reported by ``failed_domains`` (``/livez``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,9 +31,11 @@ from torch import Tensor, nn
 
 from multidomain.serving import class_probabilities
 from service.errors import DeadlineExceeded, NotReady, Overloaded
-from service.metrics import ServiceMetrics
+from service.metrics import DomainMetrics, ServiceMetrics
 
 __all__ = ["DomainModel", "InferenceEngine"]
+
+logger = logging.getLogger("service")
 
 
 @dataclass(frozen=True)
@@ -45,17 +53,21 @@ class _Item:
     future: asyncio.Future[Tensor]
     enqueued: float
     deadline: float
+    live: bool = True  # in the queue and its request still waiting
 
 
 @dataclass
 class _DomainQueue:
     name: str
     model: DomainModel
+    series: DomainMetrics
     items: deque[_Item] = field(default_factory=deque)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # items to take, or stopping
     filled: asyncio.Event = field(default_factory=asyncio.Event)  # stop waiting for more
     arriving: int = 0  # images announced and not yet queued
+    live: int = 0  # queued images whose request still waits
     worker: asyncio.Task[None] | None = None
+    failure: str | None = None  # why the worker died
 
 
 def _forward(network: nn.Module, inputs: Tensor) -> Tensor:
@@ -76,8 +88,9 @@ class InferenceEngine:
         queue_size: int,
         torch_threads: int,
     ) -> None:
-        self._queues = {name: _DomainQueue(name, model) for name, model in models.items()}
-        self._metrics = metrics
+        self._queues = {
+            name: _DomainQueue(name, model, metrics.domain(name)) for name, model in models.items()
+        }
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_ms / 1000.0
         self._queue_size = queue_size
@@ -100,7 +113,12 @@ class InferenceEngine:
                 await loop.run_in_executor(self._executor, _forward, queue.model.network, inputs)
         for queue in self._queues.values():
             queue.worker = asyncio.create_task(self._serve(queue), name=f"mdp-worker-{queue.name}")
+            queue.worker.add_done_callback(functools.partial(self._worker_done, queue))
         self._accepting = True
+
+    def failed_domains(self) -> dict[str, str]:
+        """Domains whose worker died, and why (empty while every worker runs)."""
+        return {q.name: q.failure for q in self._queues.values() if q.failure is not None}
 
     @contextlib.contextmanager
     def arriving(self, domain: str, count: int) -> Iterator[None]:
@@ -126,30 +144,42 @@ class InferenceEngine:
         if not self._accepting:
             raise NotReady("the service is not accepting requests (starting or shutting down)")
         queue = self._queues[domain]
-        if len(queue.items) + len(images) > self._queue_size:
+        if queue.failure is not None:
+            raise NotReady(f"domain {domain!r} cannot be served: {queue.failure}")
+        if queue.live + len(images) > self._queue_size:
             raise Overloaded(
                 f"the queue of domain {domain!r} is full ({self._queue_size} images); retry later"
             )
         loop = asyncio.get_running_loop()
         now = loop.time()
-        futures: list[asyncio.Future[Tensor]] = []
-        for image in images:
-            future: asyncio.Future[Tensor] = loop.create_future()
-            queue.items.append(_Item(image, future, now, deadline))
-            futures.append(future)
-        self._metrics.queue_depth.labels(domain=domain).set(len(queue.items))
+        items = [_Item(image, loop.create_future(), now, deadline) for image in images]
+        queue.items.extend(items)
+        queue.live += len(items)
+        queue.series.queue_depth.set(queue.live)
         queue.arrived.set()
-        if len(queue.items) >= self._max_batch_size or queue.arriving == 0:
+        if queue.live >= self._max_batch_size or queue.arriving == 0:
             queue.filled.set()
         try:
-            return await asyncio.wait_for(asyncio.gather(*futures), timeout=deadline - now)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout_at(deadline):
+                if len(items) == 1:
+                    return [await items[0].future]
+                return list(await asyncio.gather(*(item.future for item in items)))
+        except TimeoutError:
             raise DeadlineExceeded(
                 f"the request did not finish within its deadline (domain {domain!r})"
             ) from None
         finally:
-            for future in futures:  # a failed or timed-out request leaves nothing to compute
-                future.cancel()
+            # a failed, timed-out or abandoned request leaves nothing to compute or count
+            gone = 0
+            for item in items:
+                if not item.future.done():
+                    item.future.cancel()
+                if item.live:
+                    item.live = False
+                    gone += 1
+            if gone:
+                queue.live -= gone
+                queue.series.queue_depth.set(queue.live)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new work, let the workers finish what is queued (at most ``grace_s``), then
@@ -166,38 +196,70 @@ class InferenceEngine:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         for queue in self._queues.values():
-            while queue.items:
-                item = queue.items.popleft()
-                if not item.future.done():
-                    item.future.set_exception(NotReady("the service shut down before answering"))
-            self._metrics.queue_depth.labels(domain=queue.name).set(0)
+            self._fail_queued(queue, NotReady("the service shut down before answering"))
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _fail_queued(self, queue: _DomainQueue, error: Exception) -> None:
+        while queue.items:
+            item = queue.items.popleft()
+            item.live = False
+            if not item.future.done():
+                item.future.set_exception(error)
+        queue.live = 0
+        queue.series.queue_depth.set(0)
+
+    def _worker_done(self, queue: _DomainQueue, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return  # stopped by ``stop``
+        error = task.exception()
+        queue.failure = f"its worker stopped ({type(error).__name__}: {error})"
+        logger.error("the worker of domain %r stopped", queue.name, exc_info=error)
+        failure = NotReady(f"domain {queue.name!r} cannot be served: {queue.failure}")
+        self._fail_queued(queue, failure)
 
     async def _serve(self, queue: _DomainQueue) -> None:
         loop = asyncio.get_running_loop()
+        items = queue.items
         while True:
-            if not queue.items:
+            while items and not items[0].live:  # requests that have gone
+                items.popleft()
+            if not items:
                 if self._stopping:
                     return
                 queue.arrived.clear()
                 await queue.arrived.wait()
                 continue
-            wait = queue.items[0].enqueued + self._max_wait_s - loop.time()
+            wait = items[0].enqueued + self._max_wait_s - loop.time()
             if (
                 wait > 0
                 and queue.arriving > 0
-                and len(queue.items) < self._max_batch_size
+                and queue.live < self._max_batch_size
                 and not self._stopping
             ):
                 queue.filled.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(queue.filled.wait(), timeout=wait)
             async with self._compute_slot:
-                count = min(len(queue.items), self._max_batch_size)
-                batch = [queue.items.popleft() for _ in range(count)]
-                self._metrics.queue_depth.labels(domain=queue.name).set(len(queue.items))
+                batch: list[_Item] = []
+                while items and len(batch) < self._max_batch_size:
+                    item = items.popleft()
+                    if item.live:
+                        item.live = False
+                        batch.append(item)
+                queue.live -= len(batch)
+                queue.series.queue_depth.set(queue.live)
                 if batch:
-                    await self._run_batch(queue, batch)
+                    try:
+                        await self._run_batch(queue, batch)
+                    except Exception as exc:  # a bug: this worker dies (see _worker_done)
+                        failure = NotReady(
+                            f"domain {queue.name!r} cannot be served: its worker stopped "
+                            f"({type(exc).__name__}: {exc})"
+                        )
+                        for item in batch:
+                            if not item.future.done():
+                                item.future.set_exception(failure)
+                        raise
 
     async def _run_batch(self, queue: _DomainQueue, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
@@ -211,7 +273,7 @@ class InferenceEngine:
                     DeadlineExceeded("the request's deadline passed while it waited in the queue")
                 )
                 continue
-            self._metrics.queue_wait.labels(domain=queue.name).observe(now - item.enqueued)
+            queue.series.queue_wait.observe(now - item.enqueued)
             live.append(item)
         if not live:
             return
@@ -233,8 +295,8 @@ class InferenceEngine:
                     failure.__cause__ = exc
                     item.future.set_exception(failure)
             return
-        self._metrics.batch_compute.labels(domain=queue.name).observe(time.perf_counter() - started)
-        self._metrics.batch_size.labels(domain=queue.name).observe(len(live))
+        queue.series.batch_compute.observe(time.perf_counter() - started)
+        queue.series.batch_size.observe(len(live))
         for item, row in zip(live, probabilities, strict=True):
             if not item.future.done():
                 item.future.set_result(row)

@@ -15,14 +15,19 @@ from multidomain.serving import error_body
 __all__ = [
     "REJECTION_REASONS",
     "BadImage",
+    "BodyTimeout",
     "BodyTooLarge",
+    "ClientClosedRequest",
     "DeadlineExceeded",
+    "DecodeQueueFull",
     "ImageTooLarge",
+    "InFlightLimit",
     "MalformedRequest",
     "NotReady",
     "Overloaded",
     "ServiceError",
     "TooManyImages",
+    "Unauthorized",
     "UnknownDomain",
     "UnsupportedMediaType",
     "error_response",
@@ -84,11 +89,49 @@ class ImageTooLarge(ServiceError):
 
 
 class Overloaded(ServiceError):
-    """A domain's queue is full; the app answers with the configured overload status."""
+    """A domain's queue is full; the app answers with the configured overload status (and
+    ``Retry-After``), as for every subclass."""
 
     status = 429
     type = "overloaded"
     reason = "queue_full"
+
+
+class InFlightLimit(Overloaded):
+    """Too many prediction requests in progress (all domains, or one domain), refused before
+    the body is read."""
+
+    reason = "in_flight"
+
+
+class DecodeQueueFull(Overloaded):
+    """The preprocessing threads have more images waiting than ``preprocess_queue_size``."""
+
+    reason = "decode_queue_full"
+
+
+class Unauthorized(ServiceError):
+    """No API key, or not an accepted one (answered with ``WWW-Authenticate``)."""
+
+    status = 401
+    type = "unauthorized"
+    reason = "unauthorized"
+
+
+class BodyTimeout(ServiceError):
+    """The request body did not arrive within ``body_timeout_s``."""
+
+    status = 408
+    type = "request_timeout"
+    reason = "body_timeout"
+
+
+class ClientClosedRequest(ServiceError):
+    """The client went away before its answer (nginx's 499: recorded, never sent)."""
+
+    status = 499
+    type = "client_closed_request"
+    reason = "client_closed"
 
 
 class DeadlineExceeded(ServiceError):
@@ -103,9 +146,13 @@ class NotReady(ServiceError):
     reason = "not_ready"
 
 
+def _subclasses(cls: type[ServiceError]) -> list[type[ServiceError]]:
+    return [cls, *(sub for child in cls.__subclasses__() for sub in _subclasses(child))]
+
+
 #: Rejection reasons whose series are created up front for every domain.
 REJECTION_REASONS: tuple[str, ...] = tuple(
-    sorted({cls.reason for cls in ServiceError.__subclasses__()})
+    sorted({cls.reason for cls in _subclasses(ServiceError)})
 )
 
 

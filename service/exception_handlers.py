@@ -9,45 +9,64 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from service.errors import NotReady, Overloaded, ServiceError, error_response
+from service.auth import WWW_AUTHENTICATE
+from service.errors import (
+    BodyTimeout,
+    ClientClosedRequest,
+    NotReady,
+    Overloaded,
+    ServiceError,
+    Unauthorized,
+    error_response,
+)
 from service.settings import ServiceSettings
 from service.state import ServiceState
 
-__all__ = ["add_exception_handlers"]
+__all__ = ["add_exception_handlers", "service_error_response"]
 
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
 
 
 def add_exception_handlers(app: FastAPI) -> None:
-    """Answer service errors, unknown routes and methods, and invalid parameters."""
+    """Answer service errors, unknown routes and methods, invalid parameters, and clients that
+    went away while their body was read (499, which uvicorn does not send: nobody listens)."""
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
 
 
-def _reject(
-    request: Request,
-    status: int,
-    type_: str,
-    reason: str,
-    message: str,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    state: ServiceState = request.app.state.service
-    domain = state.domain_label(request.url.path)
-    state.metrics.rejections.labels(domain=domain, reason=reason).inc()
-    return error_response(status, type_, message, headers)
-
-
-async def _service_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
-    settings: ServiceSettings = request.app.state.service.settings
+def service_error_response(exc: ServiceError, settings: ServiceSettings) -> JSONResponse:
+    """The answer to a service error: its status (the configured one for overload), error body
+    and headers (``Retry-After``, ``WWW-Authenticate``, ``Connection: close``)."""
     status = settings.overload_status if isinstance(exc, Overloaded) else exc.status
     headers = {}
     if isinstance(exc, Overloaded | NotReady):
         headers["Retry-After"] = str(settings.retry_after_s)
-    return _reject(request, status, exc.type, exc.reason, exc.message, headers)
+    elif isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    elif isinstance(exc, BodyTimeout):
+        headers["Connection"] = "close"  # the rest of a slow body is not worth waiting for
+    return error_response(status, exc.type, exc.message, headers)
+
+
+def _count(request: Request, reason: str) -> None:
+    state: ServiceState = request.app.state.service
+    state.metrics.reject(state.domain_label(request.url.path), reason)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    _count(request, exc.reason)
+    return service_error_response(exc, request.app.state.service.settings)
+
+
+async def _client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+    return await _service_error(
+        request, ClientClosedRequest("the client closed the connection while sending the body")
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -60,7 +79,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     else:
         message = str(exc.detail) if exc.detail else HTTPStatus(status).phrase
     type_ = _HTTP_TYPES.get(status, "http_error")
-    return _reject(request, status, type_, type_, message, dict(exc.headers or {}))
+    _count(request, type_)
+    return error_response(status, type_, message, dict(exc.headers or {}))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -69,5 +89,5 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', 'invalid')}"
         for error in exc.errors()
     ]
-    message = "invalid request: " + "; ".join(problems)
-    return _reject(request, 422, "invalid_request", "invalid_request", message)
+    _count(request, "invalid_request")
+    return error_response(422, "invalid_request", "invalid request: " + "; ".join(problems))

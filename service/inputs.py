@@ -1,8 +1,11 @@
 """Reading image bytes out of a request: a raw ``image/*`` body or ``multipart/form-data``,
 never more than ``max_body_bytes`` in memory (the declared Content-Length is checked first,
-then the bytes actually received are counted)."""
+then the bytes actually received are counted). A multipart body must end with its closing
+boundary: a truncated one is malformed (400), not a body without the file (415)."""
 
 from __future__ import annotations
+
+import re
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -75,28 +78,52 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
-    received = 0
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 
-    async def limited_receive() -> Message:
-        nonlocal received
-        message = await receive()
+
+class _MultipartReceive:
+    """``receive`` that counts the body's bytes against ``limit`` and watches for the closing
+    delimiter ``--<boundary>--`` (across chunks)."""
+
+    def __init__(self, receive: Receive, limit: int, boundary: bytes) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._closing = b"--" + boundary + b"--"
+        self._tail = b""
+        self.received = 0
+        self.closed = False
+
+    async def __call__(self) -> Message:
+        message = await self._receive()
         if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            body = message.get("body", b"")
+            self.received += len(body)
+            if self.received > self._limit:
+                raise BodyTooLarge(
+                    f"the request body is larger than the limit of {self._limit} bytes"
+                )
+            if not self.closed and body:
+                window = self._tail + body
+                self.closed = self._closing in window
+                self._tail = window[-(len(self._closing) - 1) :]
         return message
-
-    return limited_receive
 
 
 async def _read_files(request: Request, field: str, limit: int) -> list[bytes]:
     _check_declared_length(request, limit)
-    limited = Request(request.scope, _limited(request.receive, limit))
+    boundary = _BOUNDARY.search(request.headers.get("content-type", ""))
+    if boundary is None:
+        raise MalformedRequest("malformed multipart body: the Content-Type names no boundary")
+    receive = _MultipartReceive(request.receive, limit, boundary[1].encode("latin-1"))
     try:
-        form: FormData = await limited.form()
+        form: FormData = await Request(request.scope, receive).form()
     except HTTPException as exc:  # Starlette's answer to a malformed multipart body
         raise MalformedRequest(f"malformed multipart body: {exc.detail}") from None
+    if not receive.closed:
+        await form.close()
+        raise MalformedRequest(
+            "malformed multipart body: it ends before its closing boundary (truncated upload?)"
+        )
     try:
         files = []
         for value in form.getlist(field):

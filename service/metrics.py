@@ -2,27 +2,79 @@
 
 Label values of ``domain`` come only from the served artifact's domains; any other value (an
 unknown domain, a request that names none) is recorded as ``_unknown``, so the number of series
-stays bounded whatever clients send.
+stays bounded whatever clients send. Every figure is this process's own (gauges count live work
+here, the process collector reports this process): with several worker processes, Prometheus
+scrapes or sums each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from service.errors import REJECTION_REASONS
 
 UNKNOWN_DOMAIN = "_unknown"
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: Latency buckets, cut at the request deadline (which becomes the last finite bucket).
+BASE_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    25.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: Rejections that happen before a request reaches the app (in the HTTP protocol), so only
+#: under ``_unknown``.
+CONNECTION_REASONS = ("header_timeout", "too_many_connections")
+
+
+def latency_buckets(deadline_s: float) -> tuple[float, ...]:
+    """The base buckets below the deadline, then the deadline itself."""
+    return (*(bucket for bucket in BASE_LATENCY_BUCKETS if bucket < deadline_s), deadline_s)
+
+
+def status_class(status: int) -> str:
+    """``2xx``, ``4xx``, ``5xx``, ...: the ``class`` label of a status code."""
+    return f"{status // 100}xx"
+
+
+@dataclass(frozen=True)
+class DomainMetrics:
+    """One domain's series (the children of the labelled metrics): the request path updates
+    these without going through ``labels()`` each time."""
+
+    request_latency: Histogram
+    queue_wait: Histogram
+    preprocess: Histogram
+    batch_compute: Histogram
+    batch_size: Histogram
+    queue_depth: Gauge
+    in_flight: Gauge
 
 
 class ServiceMetrics:
-    def __init__(self) -> None:
+    def __init__(self, request_timeout_s: float = 10.0) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._domains: frozenset[str] = frozenset()
         registry = self.registry
+        buckets = latency_buckets(request_timeout_s)
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, ["domain"], buckets=buckets, registry=registry)
@@ -30,29 +82,47 @@ class ServiceMetrics:
         self.request_latency = histogram(
             "mdp_request_latency_seconds",
             "End-to-end request latency, from the first byte of the request to the response.",
-            LATENCY_BUCKETS,
+            buckets,
         )
         self.queue_wait = histogram(
             "mdp_queue_wait_seconds",
             "Time an image waited in its domain's queue before its micro-batch started.",
-            LATENCY_BUCKETS,
+            buckets,
         )
         self.preprocess = histogram(
-            "mdp_preprocess_seconds", "Decoding and preprocessing of one image.", LATENCY_BUCKETS
+            "mdp_preprocess_seconds", "Decoding and preprocessing of one image.", buckets
         )
         self.batch_compute = histogram(
             "mdp_batch_compute_seconds",
             "Forward pass of one micro-batch through the domain's compact subnetwork.",
-            LATENCY_BUCKETS,
+            buckets,
         )
         self.batch_size = histogram("mdp_batch_size", "Images per micro-batch.", BATCH_SIZE_BUCKETS)
         self.queue_depth = Gauge(
-            "mdp_queue_depth", "Images queued for the domain.", ["domain"], registry=registry
+            "mdp_queue_depth",
+            "Images queued for the domain whose request is still waiting.",
+            ["domain"],
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "mdp_in_flight_requests",
+            "Prediction requests in progress (admitted, not yet answered).",
+            ["domain"],
+            registry=registry,
+        )
+        self.preprocess_pending = Gauge(
+            "mdp_preprocess_pending_images",
+            "Images waiting for or in decoding on the preprocessing threads.",
+            registry=registry,
+        )
+        self.connections = Gauge(
+            "mdp_open_connections", "Open client TCP connections.", registry=registry
         )
         self.requests = Counter(
             "mdp_requests_total",
-            "Responses by domain and HTTP status code.",
-            ["domain", "status"],
+            "Responses by domain, HTTP status code and status class (2xx, 4xx, 5xx); 499 is a "
+            "client that went away before its answer.",
+            ["domain", "status", "class"],
             registry=registry,
         )
         self.rejections = Counter(
@@ -67,7 +137,13 @@ class ServiceMetrics:
             ["model", "version", "budget", "sharing"],
             registry=registry,
         )
+        ProcessCollector(registry=registry)
+        # children by label values: the request path skips labels()'s argument handling
+        self._request_counts: dict[tuple[str, int], Counter] = {}
+        self._per_domain: dict[str, DomainMetrics] = {}
         self._create_series([UNKNOWN_DOMAIN])
+        for reason in CONNECTION_REASONS:
+            self.rejections.labels(domain=UNKNOWN_DOMAIN, reason=reason)
 
     def set_model(
         self, model: str, version: str, budget: str, sharing: str, domains: Iterable[str]
@@ -81,17 +157,38 @@ class ServiceMetrics:
     def domain_label(self, domain: str | None) -> str:
         return domain if domain is not None and domain in self._domains else UNKNOWN_DOMAIN
 
+    def observe_request(self, domain: str, status: int, seconds: float) -> None:
+        """Count a response and time it (``domain`` is a label value: ``domain_label``)."""
+        counter = self._request_counts.get((domain, status))
+        if counter is None:
+            counter = self.requests.labels(
+                domain=domain, status=str(status), **{"class": status_class(status)}
+            )
+            self._request_counts[(domain, status)] = counter
+        counter.inc()
+        self.domain(domain).request_latency.observe(seconds)
+
+    def domain(self, domain: str) -> DomainMetrics:
+        """The series of one domain label value."""
+        series = self._per_domain.get(domain)
+        if series is None:
+            series = self._per_domain[domain] = DomainMetrics(
+                request_latency=self.request_latency.labels(domain=domain),
+                queue_wait=self.queue_wait.labels(domain=domain),
+                preprocess=self.preprocess.labels(domain=domain),
+                batch_compute=self.batch_compute.labels(domain=domain),
+                batch_size=self.batch_size.labels(domain=domain),
+                queue_depth=self.queue_depth.labels(domain=domain),
+                in_flight=self.in_flight.labels(domain=domain),
+            )
+        return series
+
+    def reject(self, domain: str, reason: str) -> None:
+        self.rejections.labels(domain=domain, reason=reason).inc()
+
     def _create_series(self, domains: Iterable[str]) -> None:
         for domain in domains:
-            for metric in (
-                self.request_latency,
-                self.queue_wait,
-                self.preprocess,
-                self.batch_compute,
-                self.batch_size,
-            ):
-                metric.labels(domain=domain)
-            self.queue_depth.labels(domain=domain).set(0)
-            self.requests.labels(domain=domain, status="200")
+            self.domain(domain)
+            self.requests.labels(domain=domain, status="200", **{"class": "2xx"})
             for reason in REJECTION_REASONS:
                 self.rejections.labels(domain=domain, reason=reason)

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import Tensor
 
-from multidomain.artifact import DomainEntry, load_artifact, resolve_artifact
+from multidomain.artifact import ArtifactError, DomainEntry, load_artifact, resolve_artifact
 from multidomain.preprocess import ImageDecodeError, ImageTooLargeError
 from multidomain.serving import ServedArtifact, ServedDomain, UnknownDomainError
 from service.engine import DomainModel
@@ -132,9 +132,18 @@ class ServedModel(ServedArtifact):
 
 def load_served_model(settings: ServiceSettings) -> tuple[ServedModel, dict[str, DomainModel]]:
     """Resolve, verify and load the artifact; build every domain's compact subnetwork once.
-    Raises ``ArtifactError`` naming what is wrong."""
+    Raises ``ArtifactError`` naming what is wrong, also when ``model_digest`` pins another
+    artifact (the digest is the weights file's sha256, which covers the manifest too: the
+    weights record the manifest's digest)."""
     path = resolve_artifact(settings.model_store, settings.model_name, settings.model_version)
-    model = ServedModel.build(load_artifact(path))
+    artifact = load_artifact(path)  # verifies the weights against the manifest's sha256
+    digest = artifact.manifest["weights_sha256"]
+    if settings.model_digest is not None and digest != settings.model_digest:
+        raise ArtifactError(
+            f"{path} has digest {digest}, but MDP_MODEL_DIGEST pins {settings.model_digest}: "
+            "refusing to serve another artifact"
+        )
+    model = ServedModel.build(artifact)
     networks = {
         name: DomainModel(domain.network, domain.input_shape, domain.input_dtype)
         for name, domain in model.domains.items()

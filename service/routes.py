@@ -3,24 +3,33 @@
 A prediction runs the three steps of :mod:`service.model` and :mod:`service.engine`: decode
 (``ServedModel.preprocess``, on the preprocessing threads), predict (``InferenceEngine.predict``,
 micro-batched per domain) and encode (``ServedModel.encode``). The routes themselves only read
-the request, hold it to its deadline and gather the images.
+the request, hold it to its deadline (and its body to the body timeout), gather the images, and
+give up on a request whose client has gone (its queued work is dropped, 499 is recorded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
-from typing import Annotated, Any, TypeVar
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel
+from starlette.types import Receive
 from torch import Tensor
 
 from multidomain.serving import DEFAULTS, ServedDomain
-from service.errors import DeadlineExceeded, error_response
+from service.errors import (
+    BadImage,
+    BodyTimeout,
+    ClientClosedRequest,
+    DeadlineExceeded,
+    ImageTooLarge,
+    error_response,
+)
 from service.inputs import BATCH_FIELD, SINGLE_FIELD, read_batch_images, read_single_image
 from service.model import ServedModel
 from service.schemas import (
@@ -34,8 +43,6 @@ from service.schemas import (
 from service.state import ServiceState
 
 __all__ = ["State", "TopK", "router"]
-
-T = TypeVar("T")
 
 
 async def _state(request: Request) -> ServiceState:
@@ -53,12 +60,14 @@ TopK = Annotated[
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
-        400: "Malformed request body.",
+        400: "Malformed request or request body.",
+        401: "API key missing or not accepted (when the service requires keys).",
         404: "Unknown domain (the message lists the known ones).",
+        408: "The request body did not arrive within the body timeout.",
         413: "Request body or number of images over the limit.",
         415: "Unsupported media type.",
         422: "Undecodable image, too many pixels, or invalid parameters.",
-        429: "The domain's queue is full; retry after Retry-After seconds.",
+        429: "Overloaded (in-flight, decoding or queue bound); retry after Retry-After seconds.",
         503: "Not ready (loading or shutting down), or overloaded when so configured.",
         504: "The request's deadline passed.",
     }.items()
@@ -107,9 +116,18 @@ router = APIRouter()
 async def predict(
     domain: str, request: Request, state: State, top_k: TopK = DEFAULTS.default_top_k
 ) -> Response:
-    model, served, deadline = _begin(state, domain)
-    data = await _within(deadline, read_single_image(request, state.settings.max_body_bytes))
-    (probabilities,) = await _infer(state, served, [data], deadline)
+    model, served, deadline, body_deadline = _begin(state, domain)
+    reading = True
+    try:
+        async with asyncio.timeout_at(min(body_deadline, deadline)) as timeout:
+            data = await read_single_image(request, state.settings.max_body_bytes)
+            reading = False
+            timeout.reschedule(deadline)
+            (probabilities,) = await _infer(
+                state, served, [data], deadline, request.receive, batch=False
+            )
+    except TimeoutError:
+        raise _timed_out(reading, body_deadline, deadline) from None
     return _json(model.encode(served, probabilities, top_k))
 
 
@@ -123,13 +141,19 @@ async def predict(
 async def predict_batch(
     domain: str, request: Request, state: State, top_k: TopK = DEFAULTS.default_top_k
 ) -> Response:
-    model, served, deadline = _begin(state, domain)
+    model, served, deadline, body_deadline = _begin(state, domain)
     settings = state.settings
-    images = await _within(
-        deadline,
-        read_batch_images(request, settings.max_body_bytes, settings.max_batch_images),
-    )
-    rows = await _infer(state, served, images, deadline)
+    reading = True
+    try:
+        async with asyncio.timeout_at(min(body_deadline, deadline)) as timeout:
+            images = await read_batch_images(
+                request, settings.max_body_bytes, settings.max_batch_images
+            )
+            reading = False
+            timeout.reschedule(deadline)
+            rows = await _infer(state, served, images, deadline, request.receive, batch=True)
+    except TimeoutError:
+        raise _timed_out(reading, body_deadline, deadline) from None
     return _json(model.encode_batch(served, rows, top_k))
 
 
@@ -147,16 +171,32 @@ async def describe_domain(domain: str, state: State) -> DomainDetail:
     return model.detail(domain)
 
 
-@router.get("/livez", response_model=Health, summary="Liveness")
-async def livez() -> Health:
-    return Health(status="alive")
+@router.get("/livez", response_model=Health, responses=_ERRORS, summary="Liveness")
+async def livez(state: State) -> Response:
+    """200 while the process can serve (also while the model loads); 503 once a domain's worker
+    has died: restart the process."""
+    failed = state.engine.failed_domains() if state.engine is not None else {}
+    if failed:
+        problems = "; ".join(f"domain {name!r}: {why}" for name, why in sorted(failed.items()))
+        return error_response(503, "not_alive", f"restart the service: {problems}")
+    return JSONResponse({"status": "alive"})
 
 
 @router.get("/readyz", response_model=Health, responses=_ERRORS, summary="Readiness")
 async def readyz(state: State) -> Response:
-    if not state.ready:
-        return error_response(503, "not_ready", "the model is loading or the service is stopping")
-    return JSONResponse({"status": "ready"})
+    """200 once the model is loaded and warmed up; 503 while loading, when shutting down and
+    when a domain cannot be served."""
+    if state.draining:
+        message = "the service is shutting down"
+    elif state.load_error is not None:
+        message = f"the model could not be loaded: {state.load_error}"
+    elif not state.ready:
+        message = "the model is loading"
+    elif state.engine is not None and state.engine.failed_domains():
+        message = "a domain's worker has died (see /livez)"
+    else:
+        return JSONResponse({"status": "ready"})
+    return error_response(503, "not_ready", message)
 
 
 @router.get(
@@ -170,43 +210,102 @@ async def metrics(request: Request, state: State) -> Response:
     return Response(encode(state.metrics.registry), headers={"Content-Type": content_type})
 
 
-def _begin(state: ServiceState, domain: str) -> tuple[ServedModel, ServedDomain, float]:
-    """The model, the domain (``UnknownDomain`` before the body is read) and the request's
-    deadline on the event loop's clock."""
+def _begin(state: ServiceState, domain: str) -> tuple[ServedModel, ServedDomain, float, float]:
+    """The model, the domain (``UnknownDomain`` before the body is read), the request's
+    deadline and its body's deadline, on the event loop's clock."""
     model, _, _ = state.serving()
-    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_s
-    return model, model.domain(domain), deadline
+    now = asyncio.get_running_loop().time()
+    settings = state.settings
+    deadline = now + settings.request_timeout_s
+    return model, model.domain(domain), deadline, now + settings.body_timeout_s
+
+
+def _timed_out(reading: bool, body_deadline: float, deadline: float) -> Exception:
+    """What a request that ran out of time gets: 408 when its body was late (and the body
+    timeout comes before the deadline), else 504."""
+    if reading and body_deadline < deadline:
+        return BodyTimeout(
+            "the request body did not arrive in time; send it faster or in a smaller request"
+        )
+    return DeadlineExceeded("the request did not finish within its deadline")
 
 
 async def _infer(
-    state: ServiceState, served: ServedDomain, images: Sequence[bytes], deadline: float
+    state: ServiceState,
+    served: ServedDomain,
+    images: Sequence[bytes],
+    deadline: float,
+    receive: Receive,
+    *,
+    batch: bool,
 ) -> list[Tensor]:
-    """Decode and preprocess on the preprocessing threads, then queue on the engine."""
+    """Decode and preprocess on the preprocessing threads, then queue on the engine, until the
+    answer or the client's disconnect (then the work is dropped: ``ClientClosedRequest``)."""
     model, engine, pool = state.serving()
     name = served.name
     max_pixels = state.settings.max_image_pixels
-    timer = state.metrics.preprocess.labels(domain=name)
+    timer = state.metrics.domain(name).preprocess
 
-    def preprocess(data: bytes) -> Tensor:
+    def preprocess(index: int, data: bytes) -> Tensor:
         started = time.perf_counter()
-        tensor = model.preprocess(served, data, max_pixels)
+        try:
+            tensor = model.preprocess(served, data, max_pixels)
+        except (BadImage, ImageTooLarge) as exc:
+            if batch:  # name the image
+                raise type(exc)(f"files[{index}]: {exc.message}") from None
+            raise
         timer.observe(time.perf_counter() - started)
         return tensor
 
     loop = asyncio.get_running_loop()
-    with engine.arriving(name, len(images)):
-        jobs = [loop.run_in_executor(pool, preprocess, data) for data in images]
-        tensors = await _within(deadline, asyncio.gather(*jobs))
-    return await engine.predict(name, tensors, deadline)
+    admission = state.admission
+    admission.start_decoding(len(images))
+    task = asyncio.current_task()
+    assert task is not None
+    gone = finished = False
 
+    def on_disconnect(watcher: asyncio.Task[None]) -> None:
+        nonlocal gone
+        # ``finished``: a callback already scheduled when the work ended must not cancel the
+        # answer's encoding
+        if not finished and not watcher.cancelled() and watcher.exception() is None:
+            gone = True
+            task.cancel()
 
-async def _within(deadline: float, work: Awaitable[T]) -> T:
-    """``work``, or ``DeadlineExceeded`` once the request's deadline (loop clock) has passed;
-    a slow upload or slow preprocessing cannot hold a request beyond it."""
+    watcher = loop.create_task(_disconnected(receive))
+    watcher.add_done_callback(on_disconnect)
     try:
-        return await asyncio.wait_for(work, timeout=deadline - asyncio.get_running_loop().time())
-    except asyncio.TimeoutError:
-        raise DeadlineExceeded("the request did not finish within its deadline") from None
+        jobs = []
+        try:
+            with engine.arriving(name, len(images)):
+                jobs = [
+                    loop.run_in_executor(pool, preprocess, index, data)
+                    for index, data in enumerate(images)
+                ]
+                tensors = await asyncio.gather(*jobs)
+        finally:
+            for job in jobs:  # not started yet: never decoded
+                job.cancel()
+            admission.end_decoding(len(images))
+        return await engine.predict(name, tensors, deadline)
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        raise ClientClosedRequest(
+            "the client closed the connection before its answer; its work was dropped"
+        ) from None
+    finally:
+        finished = True
+        watcher.remove_done_callback(on_disconnect)
+        watcher.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client has disconnected (once the body has been read, ``receive``
+    has nothing else to say until then)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _json(answer: BaseModel) -> Response:

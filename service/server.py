@@ -1,74 +1,120 @@
 """Run the service with uvicorn: ``python -m service`` or ``mdprune serve``.
 
-Command-line options override the ``MDP_*`` environment variables. On SIGTERM/SIGINT readiness
-turns 503 at once; uvicorn stops listening, lets in-flight requests finish (at most
-``shutdown_grace_s``), and the app drains its engine before the process exits.
+Command-line options override the ``MDP_*`` environment variables. The port opens at once; the
+model loads in the background (``/livez`` 200, ``/readyz`` 503 meanwhile); a model that cannot
+be loaded ends the process with one log line and exit status 3. On SIGTERM readiness turns 503
+at once; the service keeps serving for ``drain_delay_s`` (load balancers stop sending), then
+uvicorn stops listening, lets in-flight requests finish (at most ``shutdown_grace_s``), and the
+app drains its engine before the process exits. SIGINT skips the drain delay.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
+import logging
+import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Generator, Sequence
 from types import FrameType
-from typing import Any
 
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG
 
+from multidomain import __version__
 from multidomain.artifact import ArtifactError, resolve_artifact
 from service.app import create_app
+from service.logs import flush_log_buffers, log_config
+from service.protocol import http_protocol
 from service.settings import ServiceSettings, SettingsError, load_settings
 from service.state import ServiceState
 
-#: uvicorn's exit status when the app fails to start
+#: exit status when the model cannot be loaded (uvicorn's own for a failed start-up)
 STARTUP_FAILURE = 3
+
+logger = logging.getLogger("service")
 
 
 class _Server(uvicorn.Server):
-    """uvicorn server that marks the app not ready as soon as a shutdown signal arrives."""
+    """uvicorn server that turns readiness off as soon as a shutdown signal arrives, serves on
+    for the drain delay after SIGTERM, and stops when the model cannot be loaded."""
 
     def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
         super().__init__(config)
         self._state = state
+        self._drain_until: float | None = None
+        self._drain_logged = False
+        state.on_load_failure.append(self._stop_after_load_failure)
+
+    def _stop_after_load_failure(self, message: str) -> None:
+        self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._state.ready = False
+        # a signal handler: no logging here (the handler may interrupt a log call)
+        self._state.begin_shutdown()
+        delay = self._state.settings.drain_delay_s
+        if (
+            sig == signal.SIGTERM
+            and delay > 0
+            and self._drain_until is None
+            and not self.should_exit
+            and self._state.model is not None
+        ):
+            self._drain_until = time.monotonic() + delay
+            return
         super().handle_exit(sig, frame)
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # uvicorn re-raises a captured SIGTERM when this block ends: write the logs out first
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                flush_log_buffers()
 
-def _log_config(level: str) -> dict[str, Any]:
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["service"] = {
-        "handlers": ["default"],
-        "level": level.upper(),
-        "propagate": False,
-    }
-    return config
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_until is not None and not self.should_exit:
+            if not self._drain_logged:
+                self._drain_logged = True
+                logger.info(
+                    "SIGTERM: readiness is 503; serving for %g s before closing the listener",
+                    self._state.settings.drain_delay_s,
+                )
+            if time.monotonic() >= self._drain_until:
+                super().handle_exit(signal.SIGTERM, None)
+        flush_log_buffers()
+        return await super().on_tick(counter)
 
 
 def run(settings: ServiceSettings) -> None:
-    """Serve until a shutdown signal; exits with status 3 when the app fails to start."""
+    """Serve until a shutdown signal; exits with status 3 when the model cannot be loaded."""
     app = create_app(settings)
+    state: ServiceState = app.state.service
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=http_protocol(settings, state.metrics),
         log_level=settings.log_level,
-        log_config=_log_config(settings.log_level),
+        log_config=log_config(settings.log_level, settings.log_format),
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         access_log=False,
     )
-    server = _Server(config, app.state.service)
-    server.run()
-    if not server.started:
+    server = _Server(config, state)
+    try:
+        server.run()
+    finally:
+        flush_log_buffers()
+    if not server.started or state.load_error is not None:
         sys.exit(STARTUP_FAILURE)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    argv: Sequence[str] | None = None, prog: str = "python -m service"
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m service",
+        prog=prog,
         description="Serve an exported multi-domain model over HTTP. Every option (and more, "
         "see docs/api.md) can also be set with an MDP_* environment variable.",
     )
@@ -78,11 +124,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", help="interface to bind (MDP_HOST)")
     parser.add_argument("--port", type=int, help="TCP port (MDP_PORT)")
     parser.add_argument("--log-level", help="critical, error, warning, info, debug (MDP_LOG_LEVEL)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m service") -> None:
+    args = parse_args(argv, prog)
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     try:
         settings = load_settings(**overrides)

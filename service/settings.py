@@ -6,11 +6,15 @@ their names and defaults from :class:`multidomain.serving.ServingSettings`.
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from multidomain.serving import DEFAULTS, ENV_PREFIX, MAX_BODY_BYTES, env_name
 
@@ -19,7 +23,10 @@ __all__ = [
     "SettingsError",
     "describe_validation_error",
     "load_settings",
+    "unknown_variables",
 ]
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class SettingsError(ValueError):
@@ -89,14 +96,105 @@ class ServiceSettings(BaseSettings):
         le=3600,
         description="Seconds in-flight requests get to finish on shutdown.",
     )
+    drain_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Seconds between SIGTERM (readiness 503 at once) and closing the listener, "
+        "while still serving, so that load balancers stop sending new requests first.",
+    )
+    max_in_flight: int = Field(
+        default=256,
+        ge=1,
+        description="Prediction requests in progress in this process (all domains), from their "
+        "first byte to their answer; more are refused with 429 before the body is read.",
+    )
+    max_in_flight_per_domain: int = Field(
+        default=128,
+        ge=1,
+        description="Prediction requests of one domain in progress in this process.",
+    )
+    preprocess_queue_size: int = Field(
+        default=128,
+        ge=1,
+        description="Images waiting for or in decoding on the preprocessing threads; a request "
+        "whose images do not fit is refused with 429.",
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Open TCP connections; a connection beyond it is answered 503 and closed.",
+    )
+    header_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="A connection whose request headers are not complete this long after the "
+        "request's first byte (or after the connection opened) is closed.",
+    )
+    body_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="A request body not received in full this long after the request started "
+        "is answered 408.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Log level of the service and uvicorn."
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="One JSON object per log line, or plain text."
+    )
+    access_log_sample: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of successful (< 400) requests that get an access log line; "
+        "every other request is always logged.",
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="sha256 hex digests of the accepted API keys, comma-separated; empty with "
+        "no api_keys_file: no authentication.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="File of sha256 hex digests of accepted API keys, one per line ('#' "
+        "comments), added to api_keys.",
+    )
+    auth_metrics: bool = Field(
+        default=False, description="With API keys: /metrics needs a key too."
+    )
+    auth_docs: bool = Field(
+        default=True, description="With API keys: /docs, /redoc and /openapi.json need a key."
+    )
+    model_digest: str | None = Field(
+        default=None,
+        description="sha256 of the weights file the service must serve (the manifest's "
+        "weights_sha256); any other artifact is refused.",
     )
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_log_level(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part for part in re.split(r"[\s,]+", value) if part]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_are_digests(cls, value: list[str]) -> list[str]:
+        return [_sha256_digest(key, "each API key") for key in value]
+
+    @field_validator("model_digest")
+    @classmethod
+    def _model_digest(cls, value: str | None) -> str | None:
+        return None if value in (None, "") else _sha256_digest(value, "the model digest")
 
     @field_validator("overload_status")
     @classmethod
@@ -106,22 +204,77 @@ class ServiceSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _batch_fits_queue(self) -> ServiceSettings:
-        if self.max_batch_images > self.queue_size:
+    def _batch_fits_queues(self) -> ServiceSettings:
+        for name in ("queue_size", "preprocess_queue_size"):
+            if self.max_batch_images > getattr(self, name):
+                raise ValueError(
+                    f"max_batch_images ({self.max_batch_images}) must not exceed {name} "
+                    f"({getattr(self, name)}): a larger batch request could never be queued"
+                )
+        if self.max_in_flight_per_domain > self.max_in_flight:
             raise ValueError(
-                f"max_batch_images ({self.max_batch_images}) must not exceed queue_size "
-                f"({self.queue_size}): a larger batch request could never be queued"
+                f"max_in_flight_per_domain ({self.max_in_flight_per_domain}) must not exceed "
+                f"max_in_flight ({self.max_in_flight})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _read_api_keys_file(self) -> ServiceSettings:
+        if self.api_keys_file is None:
+            return self
+        try:
+            text = self.api_keys_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read api_keys_file {self.api_keys_file}: {exc}") from None
+        lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+        where = f"each line of {self.api_keys_file}"
+        keys = [_sha256_digest(line, where) for line in lines if line]
+        if not keys:
+            raise ValueError(f"api_keys_file {self.api_keys_file} holds no key digest")
+        self.api_keys = [*self.api_keys, *keys]
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+
+def _sha256_digest(value: str, what: str) -> str:
+    digest = value.strip().lower()
+    if not _SHA256.match(digest):
+        raise ValueError(
+            f"{what} must be a sha256 hex digest (64 hex digits), not {len(value)} characters; "
+            "store digests, never the keys themselves (sha256sum)"
+        )
+    return digest
 
 
 def load_settings(**overrides: Any) -> ServiceSettings:
     """Settings from the environment, ``overrides`` taking precedence; ``SettingsError`` lists
-    every invalid variable by its environment name."""
+    every invalid variable by its environment name, and every ``MDP_*`` variable that is no
+    setting (with the closest known name)."""
+    problems = unknown_variables(os.environ)
     try:
-        return ServiceSettings(**overrides)
+        settings = ServiceSettings(**overrides)
     except ValidationError as exc:
-        raise SettingsError(describe_validation_error(exc)) from None
+        problems += describe_validation_error(exc).splitlines()[1:]
+    if problems:
+        raise SettingsError("invalid service settings:\n" + "\n".join(problems))
+    return settings
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``MDP_*`` variable that names no setting, with the closest known name."""
+    known = [env_name(name) for name in ServiceSettings.model_fields]
+    lines = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see docs/operations.md"
+        lines.append(f"  {variable}: unknown setting{hint}")
+    return lines
 
 
 def describe_validation_error(exc: ValidationError) -> str:

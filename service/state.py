@@ -1,36 +1,115 @@
-"""What the app holds while it runs: settings, metrics and, once loaded, the model, the engine
-and the preprocessing threads."""
+"""What the app holds while it runs: settings, metrics, admission counters and, once loaded, the
+model, the engine and the preprocessing threads; and where it is in its life (loading, ready,
+draining, failed)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from service.auth import ApiKeys
 from service.engine import InferenceEngine
-from service.errors import NotReady
+from service.errors import DecodeQueueFull, InFlightLimit, NotReady
 from service.metrics import ServiceMetrics
 from service.model import ServedModel
 from service.settings import ServiceSettings
 
-__all__ = ["ServiceState"]
+__all__ = ["Admission", "ServiceState"]
 
 _DOMAIN_PATH = re.compile(r"^/v1/domains/([^/]+)")
+
+
+class Admission:
+    """Bounds on live work in this process, checked before the work starts: prediction requests
+    in progress (all domains and per domain) and images at the preprocessing threads.
+
+    Counts are per process and per event loop (no locks): with several worker processes every
+    process admits up to its own bounds.
+    """
+
+    def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
+        self._max_in_flight = settings.max_in_flight
+        self._max_per_domain = settings.max_in_flight_per_domain
+        self._max_decoding = settings.preprocess_queue_size
+        self._metrics = metrics
+        self.in_flight = 0
+        self.per_domain: dict[str, int] = {}
+        self.decoding = 0
+
+    def enter(self, domain: str) -> None:
+        """Admit one prediction request of a served domain, or raise ``InFlightLimit``."""
+        if self.in_flight >= self._max_in_flight:
+            raise InFlightLimit(
+                f"{self.in_flight} prediction requests are in progress, the limit of this "
+                "process; retry later"
+            )
+        count = self.per_domain.get(domain, 0)
+        if count >= self._max_per_domain:
+            raise InFlightLimit(
+                f"{count} requests of domain {domain!r} are in progress, the limit per domain; "
+                "retry later"
+            )
+        self.in_flight += 1
+        self.per_domain[domain] = count + 1
+        self._metrics.domain(domain).in_flight.set(count + 1)
+
+    def leave(self, domain: str) -> None:
+        self.in_flight -= 1
+        count = self.per_domain[domain] - 1
+        self.per_domain[domain] = count
+        self._metrics.domain(domain).in_flight.set(count)
+
+    def start_decoding(self, images: int) -> None:
+        """Reserve room for ``images`` at the preprocessing threads, or raise
+        ``DecodeQueueFull``."""
+        if self.decoding + images > self._max_decoding:
+            raise DecodeQueueFull(
+                f"{self.decoding} images are waiting for decoding; {images} more do not fit "
+                f"(limit {self._max_decoding}); retry later"
+            )
+        self.decoding += images
+        self._metrics.preprocess_pending.set(self.decoding)
+
+    def end_decoding(self, images: int) -> None:
+        self.decoding -= images
+        self._metrics.preprocess_pending.set(self.decoding)
 
 
 @dataclass
 class ServiceState:
     settings: ServiceSettings
     metrics: ServiceMetrics
+    admission: Admission = field(init=False)
+    api_keys: ApiKeys | None = field(init=False)
     model: ServedModel | None = None
     engine: InferenceEngine | None = None
     preprocess_pool: ThreadPoolExecutor | None = None
     ready: bool = False
+    draining: bool = False  # shutting down: readiness 503, answers say ``Connection: close``
+    load_error: str | None = None
+    #: called once when loading the model fails (the server then exits with status 3)
+    on_load_failure: list[Callable[[str], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.settings, self.metrics)
+        self.api_keys = ApiKeys(self.settings.api_keys) if self.settings.auth_enabled else None
 
     def serving(self) -> tuple[ServedModel, InferenceEngine, ThreadPoolExecutor]:
         if self.model is None or self.engine is None or self.preprocess_pool is None:
             raise NotReady("the model is not loaded yet; retry when /readyz answers 200")
         return self.model, self.engine, self.preprocess_pool
+
+    def begin_shutdown(self) -> None:
+        """Readiness 503 from now on; answers ask clients to close their connection."""
+        self.ready = False
+        self.draining = True
+
+    def fail_loading(self, message: str) -> None:
+        self.load_error = message
+        for callback in self.on_load_failure:
+            callback(message)
 
     def domain_label(self, path: str) -> str:
         """The metrics label of a request path's domain (a bounded set: unknown names share

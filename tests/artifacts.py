@@ -60,6 +60,7 @@ def write_tiny_artifact(
     arch: ArchSpec | None = None,
     seed: int = 0,
     labels_of: dict[str, list[str]] = TINY_DOMAINS,
+    created_at: str = "2026-01-01T00:00:00+00:00",
 ) -> Path:
     model, masks = make_tiny_model(arch, seed=seed, domains=labels_of)
     parts = prune_to_compact(model, masks)
@@ -79,7 +80,7 @@ def write_tiny_artifact(
     manifest = {
         "model_name": model_name,
         "version": version,
-        "created_at": "2026-01-01T00:00:00+00:00",
+        "created_at": created_at,
         "command": "tests",
         "architecture": model.arch.to_dict(),
         "compact_mid_channels": parts.union_mid_channels,

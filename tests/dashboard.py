@@ -37,8 +37,27 @@ SERVICE_SERIES: frozenset[str] = frozenset(
         )
         for suffix in ("_bucket", "_sum", "_count")
     ]
-    + ["mdp_queue_depth", "mdp_requests_total", "mdp_rejections_total", "mdp_model_info"]
+    + [
+        "mdp_queue_depth",
+        "mdp_in_flight_requests",
+        "mdp_preprocess_pending_images",
+        "mdp_open_connections",
+        "mdp_requests_total",
+        "mdp_rejections_total",
+        "mdp_model_info",
+    ]
+    # prometheus_client's process collector, on the service's registry
+    + ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"]
 )
+#: Series without a ``domain`` label: the dashboard's domain filter does not apply to them.
+UNLABELLED_SERIES: frozenset[str] = frozenset(
+    name
+    for name in SERVICE_SERIES
+    if name.startswith("process_")
+    or name in {"mdp_model_info", "mdp_preprocess_pending_images", "mdp_open_connections"}
+)
+#: A series name of the service in a PromQL expression.
+SERIES_NAME = re.compile(r"\b(?:mdp|process)_\w+")
 
 # $name, ${name}, ${name:format} and the deprecated [[name]]
 _VARIABLE = re.compile(r"\$\{(\w+)(?::[^}]*)?\}|\$(\w+)|\[\[(\w+)\]\]")

@@ -41,6 +41,7 @@ __all__ = [
     "TrainedModel",
     "budget_target",
     "build_from_backbone",
+    "check_budget_reachable",
     "initialise_scores",
     "train_budget_aware",
 ]
@@ -192,6 +193,17 @@ def budget_target(config: BudgetConfig, step: int) -> float:
     return 1.0 - (1.0 - config.budget) * progress
 
 
+def check_budget_reachable(config: BudgetConfig, arch: ArchSpec) -> None:
+    """Refuse a budget below the least a domain of ``arch`` can cost (checked before any data
+    is loaded)."""
+    lowest = max(linear_cost(arch, m).min_fraction for m in config.metrics)
+    if config.budget < lowest:
+        raise ValueError(
+            f"budget {config.budget} is below the least a domain can cost ({lowest:.4f}: "
+            "the unswitchable stem and shortcuts plus one channel per block)"
+        )
+
+
 def train_budget_aware(
     domains: Sequence[DomainData],
     backbone_dir: Path,
@@ -207,13 +219,8 @@ def train_budget_aware(
     domains = list(domains)
     model = runtime.place(build_from_backbone(domains, backbone_dir))
     arch = model.arch
+    check_budget_reachable(config, arch)
     costs = [linear_cost(arch, m) for m in config.metrics]
-    lowest = max(c.min_fraction for c in costs)
-    if config.budget < lowest:
-        raise ValueError(
-            f"budget {config.budget} is below the least a domain can cost ({lowest:.4f}: "
-            "the unswitchable stem and shortcuts plus one channel per block)"
-        )
     share_weights = linear_cost(arch, "params").per_channel
     switches = ChannelSwitches(len(domains), arch.full_mid_channels(), config.score_init)
     switches.to(runtime.device)

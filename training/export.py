@@ -8,7 +8,7 @@ scores, no optimizer state.
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ def artifact_target(model_store: Path, model_name: str, version: str | None) -> 
     """``model_store/<name>/<version>`` (version defaults to a UTC timestamp); refuses an
     existing folder so that a finished artifact is never overwritten."""
     check_name("model name", model_name)
-    version = check_name("version", version or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    version = check_name("version", version or datetime.now(UTC).strftime("%Y%m%d-%H%M%S"))
     target = Path(model_store) / model_name / version
     if target.exists():
         raise RunError(f"{target} already exists; choose another version")
@@ -119,7 +119,7 @@ def export_artifact(
     manifest = {
         "model_name": model_name,
         "version": version,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command_line(),
         "architecture": arch.to_dict(),
         "compact_mid_channels": parts.union_mid_channels,

@@ -35,6 +35,7 @@ __all__ = [
     "BACKBONE_RECORD",
     "BACKBONE_WEIGHTS",
     "PretrainConfig",
+    "backbone_record",
     "load_backbone",
     "pretrain_backbone",
 ]
@@ -60,14 +61,19 @@ class PretrainConfig:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
 
 
+def backbone_record(run_dir: Path) -> dict[str, Any]:
+    """The record of a finished pre-training run (its weights not read)."""
+    record_path = Path(run_dir) / BACKBONE_RECORD
+    if not record_path.is_file() or not (Path(run_dir) / BACKBONE_WEIGHTS).is_file():
+        raise RunError(f"no finished backbone in {run_dir} (expected {BACKBONE_RECORD})")
+    record: dict[str, Any] = read_json(record_path, RunError)
+    return record
+
+
 def load_backbone(run_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The record and weights of a finished pre-training run."""
-    record_path = Path(run_dir) / BACKBONE_RECORD
-    weights_path = Path(run_dir) / BACKBONE_WEIGHTS
-    if not record_path.is_file() or not weights_path.is_file():
-        raise RunError(f"no finished backbone in {run_dir} (expected {BACKBONE_RECORD})")
-    record = read_json(record_path, RunError)
-    return record, load_file(str(weights_path))
+    record = backbone_record(run_dir)
+    return record, load_file(str(Path(run_dir) / BACKBONE_WEIGHTS))
 
 
 def pretrain_backbone(

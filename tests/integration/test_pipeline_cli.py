@@ -22,9 +22,12 @@ def test_pipeline_exports_a_verified_artifact_within_budget(tmp_path: Path) -> N
         "--pretrain-steps", "8", "--steps", "12", "--width-mult", "0.125",
         "--budget", "0.4", "--cache-dir", str(tmp_path / "cache"),
         "--run-dir", str(tmp_path / "backbone"), "--model-store", str(store),
-        "--version", "v1",
+        "--model-version", "v1",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    # --if-missing on an empty store trains
+    done = subprocess.run(
+        [*command, "--if-missing"], capture_output=True, text=True, timeout=600, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "benchmark digest" in done.stderr
     manifest = json.loads((store / "default" / "v1" / "manifest.json").read_text())
@@ -44,3 +47,13 @@ def test_pipeline_exports_a_verified_artifact_within_budget(tmp_path: Path) -> N
     assert again.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "v1 already exists" in again.stderr
     assert "pretrain" not in again.stderr  # refused before any training
+
+    # --if-missing (compose's trainer): a complete, verified version is kept, nothing trained
+    without_version = command[: command.index("--model-version")]
+    kept = subprocess.run(
+        [*without_version, "--if-missing"], capture_output=True, text=True, timeout=120
+    )
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    assert "not training (--if-missing)" in kept.stdout
+    assert "backbone" not in kept.stdout + kept.stderr
+    assert sorted(p.name for p in (store / "default").iterdir()) == ["v1"]

@@ -4,6 +4,7 @@ graceful SIGTERM. ``service_process`` is shared with the Prometheus scrape test.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from multidomain.arch import ArchSpec
 from tests.artifacts import TINY_DOMAINS, write_tiny_artifact
 
 pytestmark = pytest.mark.integration
@@ -88,10 +90,13 @@ class ServiceProcess:
 
 
 @contextmanager
-def service_process(tmp_path: Path, **env: str) -> Iterator[ServiceProcess]:
-    """``python -m service`` on a free port serving a tiny artifact, stopped on exit."""
+def service_process(
+    tmp_path: Path, arch: ArchSpec | None = None, ready: bool = True, **env: str
+) -> Iterator[ServiceProcess]:
+    """``python -m service`` on a free port serving a tiny artifact (of ``arch``), stopped on
+    exit; with ``ready``, once ``/readyz`` answers 200."""
     store = tmp_path / "model_store"
-    write_tiny_artifact(store)
+    write_tiny_artifact(store, arch=arch)
     port = free_port()
     log = tmp_path / "service.log"
     command = [
@@ -112,13 +117,14 @@ def service_process(tmp_path: Path, **env: str) -> Iterator[ServiceProcess]:
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_for(
-            "service",
-            lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200,
-            process,
-            log,
-            timeout=90,
-        )
+        if ready:
+            wait_for(
+                "service",
+                lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200,
+                process,
+                log,
+                timeout=90,
+            )
         yield ServiceProcess(process, url, log)
     finally:
         stop_process(process)
@@ -180,12 +186,18 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(tmp_path: Path) -> No
         httpx.get(f"{service.url}/livez", timeout=2)
 
 
-def test_start_up_fails_cleanly_on_a_corrupt_artifact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["python -m service", "mdprune serve"])
+def test_start_up_fails_cleanly_on_a_corrupt_artifact(tmp_path: Path, command: str) -> None:
     store = tmp_path / "model_store"
     weights = write_tiny_artifact(store) / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
+    program = (
+        [sys.executable, "-m", "service"]
+        if command == "python -m service"
+        else [str(Path(sys.executable).parent / "mdprune"), "serve"]
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "service", "--model-store", str(store), "--model-name", "tiny"],
+        [*program, "--model-store", str(store), "--model-name", "tiny"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -193,4 +205,86 @@ def test_start_up_fails_cleanly_on_a_corrupt_artifact(tmp_path: Path) -> None:
         env={**os.environ, "MDP_PORT": str(free_port())},
     )
     assert result.returncode == 3, result.stderr
-    assert "cannot load the model" in result.stderr and "sha256" in result.stderr
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output and "Exception" not in output, output
+    errors = [line for line in output.splitlines() if '"level": "error"' in line]
+    assert len(errors) == 1, output
+    assert "cannot load the model" in errors[0] and "sha256" in errors[0]
+
+
+def test_the_port_opens_before_the_model_is_loaded(tmp_path: Path) -> None:
+    # a larger artifact: loading and warming up take seconds
+    arch = ArchSpec(width_mult=1.0, image_size=64)
+    seen: list[tuple[int, int]] = []
+    with service_process(tmp_path, arch=arch, ready=False) as service:
+        url = service.url
+
+        def probes() -> bool:
+            live = httpx.get(f"{url}/livez", timeout=2).status_code
+            ready = httpx.get(f"{url}/readyz", timeout=2).status_code
+            seen.append((live, ready))
+            if ready == 503:  # loading: prediction routes say so too
+                response = service.predict(DOMAINS[0], png(0), httpx.Client(timeout=5))
+                assert response.status_code in (503, 200), response.text
+                if response.status_code == 503:
+                    assert response.json()["error"]["type"] == "not_ready"
+                    assert response.headers["retry-after"] == "1"
+            return ready == 200
+
+        wait_for("ready", probes, service.process, service.log, timeout=120)
+        log = service.log.read_text()
+    loading = [pair for pair in seen if pair == (200, 503)]
+    assert loading, f"the probes never answered while the model loaded: {seen}\n{log}"
+    assert seen[0] == (200, 503) and seen[-1] == (200, 200)
+    assert log.index("Uvicorn running on") < log.index('"ready: model tiny')
+
+
+def test_sigterm_drains_readiness_first_then_closes(tmp_path: Path) -> None:
+    delay = 2.0
+    settings = {"MDP_DRAIN_DELAY_S": str(delay), "MDP_SHUTDOWN_GRACE_S": "5"}
+    domain = DOMAINS[1]
+    with service_process(tmp_path, **settings) as service, httpx.Client(timeout=10) as client:
+        assert client.get(f"{service.url}/readyz").status_code == 200
+        signalled = time.monotonic()
+        service.process.send_signal(signal.SIGTERM)
+        during: list[int] = []
+        while time.monotonic() - signalled < delay - 0.5:
+            ready = httpx.get(f"{service.url}/readyz", timeout=2)  # a new connection each time
+            assert ready.status_code == 503 and ready.json()["error"]["type"] == "not_ready"
+            assert httpx.get(f"{service.url}/livez", timeout=2).status_code == 200
+            response = service.predict(domain, png(3), client)
+            assert response.status_code == 200, response.text
+            assert response.headers["connection"] == "close"  # clients move elsewhere
+            during.append(response.status_code)
+            time.sleep(0.1)
+        service.process.wait(delay + 10)
+        elapsed = time.monotonic() - signalled
+        log = service.log.read_text()
+    assert len(during) >= 5, log
+    assert delay <= elapsed < delay + 5, log
+    assert "serving for 2 s before closing the listener" in log
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{service.url}/livez", timeout=2)
+
+
+def test_request_ids_reach_the_access_log(tmp_path: Path) -> None:
+    with service_process(tmp_path) as service, httpx.Client(timeout=10) as client:
+        response = client.post(
+            f"{service.url}/v1/domains/{DOMAINS[0]}/predict",
+            content=png(1),
+            headers={"content-type": "image/png", "x-request-id": "trace-42"},
+        )
+        assert response.status_code == 200 and response.headers["x-request-id"] == "trace-42"
+
+        def logged() -> list[dict[str, object]]:
+            lines = service.log.read_text().splitlines()
+            entries = [json.loads(line) for line in lines if line.startswith("{")]
+            return [e for e in entries if e.get("request_id") == "trace-42"]
+
+        wait_for("the access line", lambda: bool(logged()), service.process, service.log, 10)
+        (line,) = logged()
+        assert line["logger"] == "service.access" and line["status"] == 200
+        assert line["domain"] == DOMAINS[0] and line["method"] == "POST"
+        assert all(line.startswith("{") for line in service.log.read_text().splitlines() if line), (
+            "every log line is one JSON object"
+        )

@@ -91,15 +91,14 @@ def client(torchserve: LocalTorchServe) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def fastapi_client(artifact_dir: Path) -> Iterator[Any]:
-    from fastapi.testclient import TestClient
-
     from service.app import create_app
     from service.settings import ServiceSettings
+    from tests.apps import ready_client
 
     settings = ServiceSettings(
         model_store=artifact_dir.parents[1], model_name="tiny", model_version="v1"
     )
-    with TestClient(create_app(settings)) as test_client:
+    with ready_client(create_app(settings)) as test_client:
         yield test_client
 
 

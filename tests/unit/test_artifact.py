@@ -91,11 +91,23 @@ def test_mismatched_manifest_is_refused(tmp_path: Path, edit, message: str) -> N
 def test_resolve_latest_and_missing(tmp_path: Path) -> None:
     write_tiny_artifact(tmp_path, version="20260101-000000")
     newest = write_tiny_artifact(tmp_path, version="20260102-000000")
-    assert resolve_artifact(tmp_path, "tiny") == newest
+    assert resolve_artifact(tmp_path, "tiny") == newest  # same created_at: the name decides
     with pytest.raises(ArtifactError, match="no artifact versions"):
         resolve_artifact(tmp_path, "other")
     with pytest.raises(ArtifactError, match="no artifact at"):
         resolve_artifact(tmp_path, "tiny", "v9")
+
+
+def test_latest_is_the_newest_by_creation_time_not_by_name(tmp_path: Path) -> None:
+    # as text "v10" < "v9" < "zeta"; by creation time (zones differ) v10 is the newest
+    write_tiny_artifact(tmp_path, version="v9", created_at="2026-03-01T12:00:00+00:00")
+    newest = write_tiny_artifact(tmp_path, version="v10", created_at="2026-03-01T13:30:00+01:00")
+    write_tiny_artifact(tmp_path, version="zeta", created_at="2026-03-01T11:00:00")
+    assert resolve_artifact(tmp_path, "tiny") == newest
+    broken = tmp_path / "tiny" / "zz-broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    assert resolve_artifact(tmp_path, "tiny") == newest
 
 
 def test_existing_artifact_is_not_overwritten(tmp_path: Path) -> None:

@@ -1,7 +1,17 @@
-"""Bad input through the command line: one-line error, exit code 2, nothing written."""
+"""The command line: bad input is a one-line error with exit code 2 (nothing written, nothing
+loaded first), help fits 80 columns, every command answers -h and --version, artifact paths
+resolve the same in every command."""
 
 from __future__ import annotations
 
+import http.server
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +23,7 @@ runner = CliRunner()
 
 
 def run(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
+    result = runner.invoke(app, list(args), prog_name="mdprune")
     return result.exit_code, result.output
 
 
@@ -65,3 +75,201 @@ def test_verify_reports_a_modified_artifact(tmp_path: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
     code, output = run("verify", str(path))
     assert code == 2 and "does not match" in output
+
+
+def command_names() -> list[str]:
+    import typer
+
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    return sorted(group.commands)
+
+
+def long_options(command: str) -> list[str]:
+    import typer
+
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    params = group.commands[command].params
+    return [o for p in params for o in [*p.opts, *p.secondary_opts] if o.startswith("--")]
+
+
+def cli(*args: str, columns: int = 80) -> subprocess.CompletedProcess[str]:
+    """The real console entry point in a fresh interpreter, at a terminal width."""
+    env = {**os.environ, "COLUMNS": str(columns)}
+    return subprocess.run(
+        [sys.executable, "-m", "mdprune.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", [c for c in command_names() if c != "serve"])
+def test_help_at_80_columns_shows_every_option_in_full(command: str) -> None:
+    done = cli(command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"Usage: mdprune {command} ")
+    options = long_options(command)
+    assert "--version" in options
+    for option in options:
+        assert re.search(rf"(^|[\s,/]){re.escape(option)}([\s,]|$)", done.stdout), option
+    assert "…" not in done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
+
+
+def test_command_list_at_80_columns_is_not_cut() -> None:
+    done = cli("--help")
+    assert done.returncode == 0
+    for command in command_names():
+        line = next(x for x in done.stdout.splitlines() if x.strip().startswith(f"{command} "))
+        assert not line.endswith("..."), line
+
+
+def test_serve_help_and_version_name_mdprune_serve() -> None:
+    from multidomain import __version__
+
+    done = cli("serve", "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: mdprune serve ")
+    for option in ("--model-store", "--model-name", "--model-version", "--port", "--version"):
+        assert option in done.stdout
+    assert cli("serve", "-h").stdout == done.stdout
+    version = cli("serve", "--version")
+    assert (version.returncode, version.stdout.strip()) == (0, f"mdprune {__version__}")
+
+
+@pytest.mark.parametrize("command", [*command_names(), None])
+def test_every_command_answers_h_and_version(command: str | None) -> None:
+    from multidomain import __version__
+
+    prefix = [] if command is None else [command]
+    code, output = run(*prefix, "--version")
+    assert (code, output.strip()) == (0, f"mdprune {__version__}")
+    if command != "serve":  # its -h is argparse's, in a subprocess above
+        code, output = run(*prefix, "-h")
+        assert code == 0 and output.startswith("Usage: mdprune")
+
+
+def test_artifact_paths_resolve_the_same_in_every_command(tmp_path: Path) -> None:
+    from tests.artifacts import write_tiny_artifact
+
+    store = tmp_path / "store"
+    write_tiny_artifact(store, version="v1")
+    write_tiny_artifact(store, version="v2", seed=1)
+    for path in ("tiny", "tiny/latest", "tiny/v2"):
+        code, output = run("verify", str(store / path))
+        assert code == 0 and output.startswith("tiny v2: OK"), (path, output)
+    code, output = run("verify", str(store / "tiny" / "v1"))
+    assert code == 0 and output.startswith("tiny v1: OK")
+    for command in ("verify", "torchserve-export"):
+        code, output = run(command, str(store))
+        assert code == 2, output
+        assert (
+            output.strip()
+            == f"error: {store} is a model store: name a model in it, e.g. " + str(store / "tiny")
+        )
+        code, output = run(command, str(tmp_path / "nowhere"))
+        assert (
+            code == 2
+            and output.strip() == f"error: {tmp_path / 'nowhere'}: no such artifact folder"
+        )
+
+
+def write_fake_backbone(folder: Path) -> Path:
+    """A finished backbone as far as its record goes (the weights are never read here)."""
+    from multidomain.arch import ArchSpec
+
+    folder.mkdir()
+    (folder / "backbone.json").write_text(json.dumps({"arch": ArchSpec().to_dict()}))
+    (folder / "backbone.safetensors").write_bytes(b"never read")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pipeline", "--no-serve", "--budget", "0.01"], "error: budget 0.01 is below the least"),
+        (["train", "--budget", "0.01"], "error: budget 0.01 is below the least"),
+        (["data", "-d", "embedded:digits", "-d", "embedded:nope"], "unknown embedded domain"),
+        (["pretrain", "-d", "embedded:digits", "--init-from", "nowhere"], "no finished backbone"),
+        (
+            ["data", "-d", "embedded:digits", "-d", "imagefolder:x=nowhere"],
+            "nowhere does not exist",
+        ),
+    ],
+)
+def test_arguments_are_checked_before_any_data_is_loaded(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    extra = ["--backbone", str(write_fake_backbone(tmp_path / "bb"))] if args[0] == "train" else []
+    code, output = run(*args, *extra, "--cache-dir", str(tmp_path / "cache"))
+    assert code == 2
+    assert message in output and output.startswith("error: ")
+    assert len(output.strip().splitlines()) == 1  # no data table before it
+    assert not (tmp_path / "cache").exists()  # nothing built or loaded
+
+
+def test_the_curl_line_waits_until_the_service_is_ready(capsys: pytest.CaptureFixture[str]) -> None:
+    from mdprune.cli import _announce_when_ready
+
+    ready = threading.Event()
+
+    class Readiness(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if ready.is_set() else 503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Readiness)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stop = _announce_when_ready(
+        f"http://127.0.0.1:{server.server_address[1]}/readyz", "try: curl", interval_s=0.02
+    )
+    try:
+        time.sleep(0.5)
+        assert "try: curl" not in capsys.readouterr().out  # 503: still loading
+        ready.set()
+        deadline = time.monotonic() + 10
+        printed = ""
+        while "try: curl" not in printed and time.monotonic() < deadline:
+            time.sleep(0.02)
+            printed += capsys.readouterr().out
+        assert printed.count("try: curl") == 1
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_pipeline_if_missing_keeps_a_verified_version(tmp_path: Path) -> None:
+    from tests.artifacts import write_tiny_artifact
+
+    path = write_tiny_artifact(tmp_path, model_name="default", version="v1")
+    code, output = run(
+        "pipeline", "--if-missing", "--no-serve", "--model-store", str(tmp_path),
+        "--cache-dir", str(tmp_path / "cache"), "--run-dir", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert code == 0, output
+    assert f"{path} exists and verifies: not training (--if-missing)" in output
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+
+
+def test_if_missing_trains_past_a_missing_or_corrupt_version(tmp_path: Path) -> None:
+    from mdprune.cli import _verified_version
+    from tests.artifacts import write_tiny_artifact
+
+    assert _verified_version(tmp_path, "default", None) is None
+    path = write_tiny_artifact(tmp_path, model_name="default", version="v1")
+    assert _verified_version(tmp_path, "default", None) == path
+    assert _verified_version(tmp_path, "default", "v1") == path
+    assert _verified_version(tmp_path, "default", "v2") is None
+    weights = path / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    assert _verified_version(tmp_path, "default", None) is None

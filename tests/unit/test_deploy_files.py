@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ import yaml
 
 from tests.dashboard import (
     DASHBOARD_PATH,
+    SERIES_NAME,
     SERVICE_SERIES,
+    UNLABELLED_SERIES,
     dashboard_queries,
     dashboard_targets,
     iter_panels,
@@ -35,7 +38,15 @@ DOCKER = ROOT / "docker"
 SERVICE_DOCKERFILE = DOCKER / "service.Dockerfile"
 TRAINER_DOCKERFILE = DOCKER / "trainer.Dockerfile"
 DOCKERFILES = [SERVICE_DOCKERFILE, TRAINER_DOCKERFILE]
-PACKAGES = ("multidomain", "training", "service", "mdprune")
+PACKAGES = (
+    "multidomain",
+    "training",
+    "reporting",
+    "service",
+    "torchserving",
+    "devtools",
+    "mdprune",
+)
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
 EXPECTED_SERVICES = {"trainer", "service", "prometheus", "grafana", "mar-export", "torchserve"}
 
@@ -125,77 +136,158 @@ def dockerfile(request: pytest.FixtureRequest) -> list[Instruction]:
     return parse_dockerfile(request.param)
 
 
+def build_arg_defaults(dockerfile: list[Instruction]) -> dict[str, str | None]:
+    return dict(pair for i in dockerfile if i.keyword == "ARG" for pair in env_pairs(i))
+
+
 def test_base_image_is_pinned_slim_python(dockerfile: list[Instruction]) -> None:
+    """Both stages start from BASE_IMAGE, by default a pinned python slim image of the Debian
+    release that docker/bootstrap_base.sh bootstraps (and the same Python minor version)."""
     bases = [i.args.split()[0] for i in dockerfile if i.keyword == "FROM"]
-    assert bases, "no FROM"
-    for base in bases:
-        image, _, tag = base.partition(":")
-        assert image == "python" and re.fullmatch(r"3\.\d+\.\d+-slim(-\w+)?", tag), base
+    assert bases == ["${BASE_IMAGE}", "${BASE_IMAGE}"], bases
+    assert dockerfile[0].keyword == "ARG", "BASE_IMAGE must be declared before the first FROM"
+    default = build_arg_defaults(dockerfile)["BASE_IMAGE"]
+    assert default is not None
+    image, _, tag = default.partition(":")
+    match = re.fullmatch(r"(3\.\d+)\.\d+-slim-(\w+)", tag)
+    assert image == "python" and match, default
+    bootstrap = (DOCKER / "bootstrap_base.sh").read_text(encoding="utf-8")
+    assert f"python{match[1]}" in bootstrap and f" {match[2]} " in bootstrap
 
 
 def test_torch_is_cpu_only_and_pinned(dockerfile: list[Instruction]) -> None:
     runs = [i.args for i in dockerfile if i.keyword == "RUN" and "torch==" in i.args]
     assert len(runs) == 1, "torch installed once, pinned"
-    args = {
-        i.args.split("=", 1)[0]: i.args.split("=", 1)[1] for i in dockerfile if i.keyword == "ARG"
-    }
+    args = build_arg_defaults(dockerfile)
     assert args.get("TORCH_INDEX_URL") == "https://download.pytorch.org/whl/cpu"
     assert "--index-url" in runs[0] and "${TORCH_INDEX_URL}" in runs[0]
-    assert re.fullmatch(r"\d+\.\d+\.\d+", args["TORCH_VERSION"]), args
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["TORCH_VERSION"] or ""), args
+    # the code does not need torchvision: none unless a version is asked for
+    assert args["TORCHVISION_VERSION"] == "", args
+    assert "${TORCHVISION_VERSION:+" in runs[0]
+
+
+def test_torch_step_leaves_torchvision_out_when_empty(dockerfile: list[Instruction]) -> None:
+    """The shell expansion of the torch step, run with and without a torchvision version."""
+    run = next(i.args for i in dockerfile if i.keyword == "RUN" and "torch==" in i.args)
+    line = next(part for part in run.split(";") if "builds=" in part).strip()
+    for torchvision, expected in (
+        ("0.29.1", "torch==2.14.1 torchvision==0.29.1"),
+        ("", "torch==2.14.1"),
+    ):
+        result = run_tool(
+            ["sh", "-c", f'{line}; printf %s "$builds"'],
+            env={
+                "TORCH_VERSION": "2.14.1",
+                "TORCHVISION_VERSION": torchvision,
+                "PATH": os.environ["PATH"],
+            },
+        )
+        assert result.stdout == expected, result
+
+
+def copied_sources(dockerfile: list[Instruction]) -> list[tuple[int, str]]:
+    """(instruction index, source) of every COPY from the build context."""
+    sources = []
+    for index, instruction in enumerate(dockerfile):
+        if instruction.keyword == "COPY" and not instruction.args.startswith("--from"):
+            sources += [(index, source) for source in instruction.args.split()[:-1]]
+    return sources
 
 
 def test_dependencies_are_installed_before_the_code_is_copied(
     dockerfile: list[Instruction],
 ) -> None:
-    copies = [
-        (index, i)
-        for index, i in enumerate(dockerfile)
-        if i.keyword == "COPY" and any(f" ./{p}" in f" {i.args}" for p in PACKAGES)
-    ]
-    assert copies, "the packages are never copied"
-    first_code = copies[0][0]
+    sources = copied_sources(dockerfile)
+    code = [index for index, source in sources if source.rstrip("/") in PACKAGES]
+    assert code, "the packages are never copied"
     pyproject = index_of(
         dockerfile, lambda i: i.keyword == "COPY" and "pyproject.toml" in i.args, "COPY pyproject"
     )
     deps = index_of(
         dockerfile,
-        lambda i: i.keyword == "RUN" and "pip install -r" in i.args and "tomllib" in i.args,
+        lambda i: i.keyword == "RUN" and "pip install -r" in i.args and "requirements.py" in i.args,
         "dependency install from pyproject.toml",
     )
-    install_code = index_of(
+    wheel = index_of(
         dockerfile,
-        lambda i: i.keyword == "RUN" and "pip install --no-deps ." in i.args,
-        "install of the copied code",
+        lambda i: i.keyword == "RUN" and "pip wheel --no-deps" in i.args,
+        "the project wheel",
     )
-    assert pyproject < deps < first_code < install_code
+    final = [index for index, i in enumerate(dockerfile) if i.keyword == "FROM"][-1]
+    install = index_of(
+        dockerfile,
+        lambda i: i.keyword == "RUN" and "pip install --no-deps --no-index" in i.args,
+        "install of the project wheel",
+    )
+    assert pyproject < deps < min(code) <= max(code) < wheel < final < install
     # everything a COPY needs exists in the build context and is not excluded by .dockerignore
     ignored = dockerignore_patterns()
-    for _, copy in copies:
-        for source in copy.args.split()[:-1]:
-            assert (ROOT / source).exists(), source
-            assert source not in ignored, f"{source} is in .dockerignore"
+    for _, source in sources:
+        assert (ROOT / source).exists(), source
+        assert source.rstrip("/") not in ignored, f"{source} is in .dockerignore"
 
 
-def test_requirements_are_read_from_pyproject(
-    dockerfile: list[Instruction], tmp_path: Path
-) -> None:
+def test_final_stage_checks_its_imports(dockerfile: list[Instruction]) -> None:
+    """A package missing from the image fails the build, not the first request: the final stage
+    imports every copied package."""
+    install = next(
+        i.args
+        for i in dockerfile
+        if i.keyword == "RUN" and "pip install --no-deps --no-index" in i.args
+    )
+    check = install.split('python -c "import ', 1)[1].split('"', 1)[0]
+    imported = {module.strip().split(".")[0] for module in check.split(",")}
+    copied = {source.rstrip("/") for _, source in copied_sources(dockerfile)} & set(PACKAGES)
+    assert copied and copied <= imported, (copied, imported)
+
+
+def test_build_ca_is_trusted_only_in_the_build_stage(dockerfile: list[Instruction]) -> None:
+    final = [index for index, i in enumerate(dockerfile) if i.keyword == "FROM"][-1]
+    ca_copies = [i for i, source in copied_sources(dockerfile) if "build-ca" in source]
+    assert ca_copies and all(index < final for index in ca_copies)
+    env = {name for i in dockerfile[final:] if i.keyword == "ENV" for name, _ in env_pairs(i)}
+    assert "PIP_CERT" not in env
+    copies_from_build = [i.args for i in dockerfile[final:] if i.keyword == "COPY"]
+    assert all(
+        args.startswith("--from=build /opt/venv") or args.startswith("--from=build /dist")
+        for args in copies_from_build
+    ), copies_from_build
+    assert (DOCKER / "build-ca" / "README.md").is_file()
+    gitignore = (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert "docker/build-ca/*.crt" in gitignore
+
+
+def test_requirements_are_read_from_pyproject(dockerfile: list[Instruction]) -> None:
     """Run the image's requirement extraction against the real pyproject.toml."""
-    run = next(i.args for i in dockerfile if i.keyword == "RUN" and "tomllib" in i.args)
-    extract = run.split(" > /tmp/requirements.txt", 1)[0]
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    python = Path(sys.executable).parent
+    run = next(i.args for i in dockerfile if i.keyword == "RUN" and "requirements.py" in i.args)
+    arguments = run.split("requirements.py", 1)[1].split(">", 1)[0].split()
+    assert arguments[0] == "/src/pyproject.toml"
     result = run_tool(
-        ["sh", "-c", extract],
-        cwd=tmp_path,
-        env={**os.environ, "PATH": f"{python}{os.pathsep}{os.environ['PATH']}"},
+        [
+            sys.executable,
+            str(DOCKER / "requirements.py"),
+            str(ROOT / "pyproject.toml"),
+            *arguments[1:],
+        ]
     )
     assert result.returncode == 0, result.stderr
     requirements = result.stdout.split()
-    assert any(r.startswith("torch") for r in requirements)
-    assert any(r.startswith("safetensors") for r in requirements)
-    extra = re.search(r"\['optional-dependencies'\]\['(\w+)'\]", run)
-    assert extra is not None
-    assert extra.group(1) == ("service" if "fastapi" in " ".join(requirements) else "training")
+    names = {re.split(r"[<>=;!~ ]", r)[0] for r in requirements}
+    assert "safetensors" in names
+    assert not names & {"torch", "torchvision"}, "installed from TORCH_INDEX_URL, not PyPI"
+    if "fastapi" in names:
+        assert arguments[1:] == ["service"]
+    else:
+        assert arguments[1] == "training" and "torch-model-archiver" in names
+
+
+def test_requirements_script_refuses_unknown_extras(tmp_path: Path) -> None:
+    script = str(DOCKER / "requirements.py")
+    pyproject = str(ROOT / "pyproject.toml")
+    for arguments in (["nope"], ["torchserve:nope"]):
+        result = run_tool([sys.executable, script, pyproject, *arguments])
+        assert result.returncode == 2 and result.stderr.startswith("error: "), result
 
 
 def test_runs_as_non_root_user(dockerfile: list[Instruction]) -> None:
@@ -249,9 +341,9 @@ def test_service_image_shape() -> None:
     assert env["MDP_PORT"] == "8000"
     (health,) = [i for i in instructions if i.keyword == "HEALTHCHECK"]
     assert "/readyz" in " ".join(health.exec_form())
-    # the code is copied without `training`: the service never imports it
-    copied = " ".join(i.args for i in instructions if i.keyword == "COPY")
-    assert "training" not in copied
+    # only what serving needs: the service never imports these
+    copied = {source.rstrip("/") for _, source in copied_sources(instructions)}
+    assert copied & set(PACKAGES) == {"multidomain", "service", "mdprune"}, copied
 
 
 def test_trainer_entry_point_matches_the_cli() -> None:
@@ -276,6 +368,24 @@ def test_trainer_entry_point_matches_the_cli() -> None:
     assert workdirs[-1] == "/work"
     chowns = " ".join(i.args for i in instructions if i.keyword == "RUN" and "chown" in i.args)
     assert "/work" in chowns and "/models" in chowns
+
+
+def test_trainer_image_packages() -> None:
+    """Training, reports and the TorchServe export (compose's `mar-export` runs
+    `mdprune torchserve-export` in this image); neither the service nor the test tooling."""
+    copied = {
+        source.rstrip("/") for _, source in copied_sources(parse_dockerfile(TRAINER_DOCKERFILE))
+    }
+    assert copied & set(PACKAGES) == {
+        "multidomain",
+        "training",
+        "reporting",
+        "torchserving",
+        "mdprune",
+    }
+    services = compose_config()["services"]
+    assert services["mar-export"]["image"] == services["trainer"]["image"]
+    assert services["mar-export"]["entrypoint"][:2] == ["mdprune", "torchserve-export"]
 
 
 def dockerignore_patterns() -> set[str]:
@@ -350,12 +460,32 @@ def test_healthcheck_passes_only_when_ready(
 _COMPOSE_CACHE: dict[str, Any] = {}
 
 
+#: What a user puts into .env (see .env.example), with stand-in values.
+TEST_ENV_FILE = "GRAFANA_ADMIN_PASSWORD=stand-in-password\nMDP_API_KEYS=\n"
+
+
+def run_compose_config(env_file: str) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` with ``env_file`` as the .env file."""
+    binary = require_tool("docker-compose", "docker-compose")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("COMPOSE_") and k not in ("GRAFANA_ADMIN_PASSWORD", "MDP_API_KEYS")
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "env"
+        path.write_text(env_file)
+        return run_tool(
+            [binary, "--file", "docker-compose.yml", "--env-file", str(path), "config"],
+            cwd=ROOT,
+            env=env,
+        )
+
+
 def compose_config() -> dict[str, Any]:
     """`docker-compose config` output (the resolved, validated file), run once per session."""
     if "config" not in _COMPOSE_CACHE:
-        binary = require_tool("docker-compose", "docker-compose")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
-        result = run_tool([binary, "--file", "docker-compose.yml", "config"], cwd=ROOT, env=env)
+        result = run_compose_config(TEST_ENV_FILE)
         assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
         _COMPOSE_CACHE["config"] = yaml.safe_load(result.stdout)
     config: dict[str, Any] = _COMPOSE_CACHE["config"]
@@ -365,7 +495,9 @@ def compose_config() -> dict[str, Any]:
 def test_compose_config_is_valid() -> None:
     config = compose_config()
     assert set(config["services"]) == EXPECTED_SERVICES
-    assert {"models", "prometheus-data", "grafana-data"} <= set(config["volumes"])
+    assert {"models", "data-cache", "backbone-runs", "prometheus-data", "grafana-data"} <= set(
+        config["volumes"]
+    )
 
 
 def test_compose_images_are_pinned_and_ports_local() -> None:
@@ -375,17 +507,50 @@ def test_compose_images_are_pinned_and_ports_local() -> None:
         assert ":" in image and tag and tag != "latest", f"{name}: unpinned image {image}"
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is not bound to 127.0.0.1"
+
+
+def test_compose_secrets_come_from_the_uncommitted_env_file() -> None:
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    secrets = {}
+    for name, service in raw["services"].items():
         for key, value in (service.get("environment") or {}).items():
-            if SECRET_NAME.search(key):
-                assert not value, f"{name}: {key} has a literal value"
+            if SECRET_NAME.search(key):  # never a literal: a variable of .env
+                assert re.fullmatch(r"\$\{\w+(:?[-?][^}]*)?\}", str(value)), f"{name}: {key}"
+                secrets[key] = value
+    assert "GRAFANA_ADMIN_PASSWORD" in secrets["GF_SECURITY_ADMIN_PASSWORD"]
+    assert "MDP_API_KEYS" in secrets["MDP_API_KEYS"]
+    resolved = compose_config()["services"]
+    assert resolved["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "stand-in-password"
+    # without a password compose refuses to start, naming what to do
+    refused = run_compose_config("MDP_API_KEYS=\n")
+    assert refused.returncode != 0 and "set GRAFANA_ADMIN_PASSWORD in .env" in refused.stderr
+    # .env is never committed nor sent to a Docker build; the template is committed
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+    assert ".env" in dockerignore_patterns()
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^GRAFANA_ADMIN_PASSWORD=$", example, re.MULTILINE)
+    assert re.search(r"^MDP_API_KEYS=$", example, re.MULTILINE)
 
 
 def test_compose_trainer_then_read_only_service() -> None:
     services = compose_config()["services"]
     trainer, service = services["trainer"], services["service"]
     assert trainer["build"]["dockerfile"] == "docker/trainer.Dockerfile"
-    assert trainer["volumes"] == ["models:/models:rw"]
+    assert trainer["volumes"] == [
+        "models:/models:rw",
+        "data-cache:/work/data_cache:rw",
+        "backbone-runs:/work/runs:rw",
+    ]
+    assert trainer["command"] == ["--if-missing"], "`up` must not train again"
     assert trainer["restart"] == "no"
+    # fresh named volumes take the owner of the image's folders: the trainer's user
+    chowns = " ".join(
+        i.args
+        for i in parse_dockerfile(TRAINER_DOCKERFILE)
+        if i.keyword == "RUN" and "chown" in i.args
+    )
+    for volume in trainer["volumes"]:
+        assert volume.split(":")[1] in chowns, volume
     assert service["build"]["dockerfile"] == "docker/service.Dockerfile"
     assert service["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
     assert service["volumes"] == ["models:/models:ro"]
@@ -433,6 +598,10 @@ def test_torchserve_config() -> None:
     assert props["model_store"] == "/models"
     assert props["inference_address"].endswith(":8080")
     assert props["metrics_address"].endswith(":8082")
+    # the management API: inside the container only, and never published
+    assert props["management_address"] == "http://127.0.0.1:8081"
+    ports = compose_config()["services"]["torchserve"]["ports"]
+    assert not [port for port in ports if "8081" in str(port)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -522,13 +691,13 @@ def test_dashboard_queries_substitute_every_variable() -> None:
 
 def test_dashboard_queries_use_known_series_and_the_domain_filter() -> None:
     for query in dashboard_targets():
-        names = set(re.findall(r"\bmdp_\w+", query.raw))
+        names = set(SERIES_NAME.findall(query.raw))
         assert names, f"{query.panel}: no service metric"
         unknown = names - SERVICE_SERIES
         assert not unknown, f"{query.panel}: unknown series {sorted(unknown)}"
-        for selector in re.findall(r"\b(mdp_\w+)(\{[^}]*\})?", query.raw):
+        for selector in re.findall(rf"({SERIES_NAME.pattern})(\{{[^}}]*\}})?", query.raw):
             name, labels = selector
-            if name != "mdp_model_info":
+            if name not in UNLABELLED_SERIES:
                 assert 'domain=~"$domain"' in labels, f"{query.panel}: {name} not filtered"
         ranges = re.findall(r"\[([^\]]+)\]", query.raw)
         assert all(r == "$__rate_interval" for r in ranges), f"{query.panel}: {ranges}"
@@ -548,8 +717,20 @@ def test_dashboard_covers_the_required_views() -> None:
     assert has("histogram_quantile(0.95", "mdp_batch_compute_seconds_bucket")
     assert has("mdp_batch_size_sum", "/", "mdp_batch_size_count")
     assert has("mdp_queue_depth")
-    assert has("sum by (domain, reason)", "mdp_rejections_total")
-    assert has('status!~"2.."', "mdp_requests_total")
+    # only the reasons that occur are drawn, not every domain x reason series from start-up
+    assert has("sum by (domain, reason)", "mdp_rejections_total", ") > 0")
+    # client and server errors apart, per domain too
+    for status_class in ("4xx", "5xx"):
+        assert has(f'class="{status_class}"', "mdp_requests_total", "sum by (domain)")
+        assert has(f'class="{status_class}"', "mdp_requests_total", "sum(rate(")
+    assert not has('status!~"2.."')
+    assert has("mdp_in_flight_requests") and has("mdp_preprocess_pending_images")
+    for series in (
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+    ):
+        assert has(series)
     assert has("mdp_model_info")
 
 

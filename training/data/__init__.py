@@ -36,7 +36,7 @@ from training.data.decathlon import (
 )
 from training.data.domain import SPLITS, DataError, DomainData
 from training.data.embedded import EMBEDDED_DOMAINS, build_embedded_benchmark
-from training.data.factory import load_domains
+from training.data.factory import load_domains, plan_domains
 from training.data.imagefolder import IMAGE_EXTENSIONS, load_imagefolder_domain
 from training.data.store import ImageShard
 from training.data.summary import print_summary
@@ -65,6 +65,7 @@ __all__ = [
     "load_decathlon_test",
     "load_domains",
     "load_imagefolder_domain",
+    "plan_domains",
     "print_summary",
     "restricted_pickle_load",
     "share_of",

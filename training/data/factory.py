@@ -11,32 +11,38 @@ from training.data.domain import DataError, DomainData
 from training.data.embedded import EMBEDDED_DOMAINS, build_embedded
 from training.data.imagefolder import load_imagefolder_domain
 
-__all__ = ["load_domains"]
+__all__ = ["DomainPlan", "load_domains", "plan_domains"]
 
 
-def load_domains(
-    spec: Sequence[str], cache_dir: Path, image_size: int, seed: int, workers: int = 0
-) -> dict[str, DomainData]:
-    """Load domains from spec items, in order, through the on-disk cache under ``cache_dir``
-    (user images are decoded into it once, by ``workers`` processes).
+DomainPlan = list[tuple[str, str, Path | None]]
 
-    Items: ``embedded`` (all embedded domains), ``embedded:<name>``,
-    ``imagefolder:<name>=<path>`` or ``decathlon:<name>=<path>``.
-    """
+
+def plan_domains(spec: Sequence[str], image_size: int) -> DomainPlan:
+    """Check ``--domains`` items without loading anything: their syntax, unique names, known
+    embedded names, existing user paths and the image size. Returns ``(kind, name, path)``."""
     if not spec:
         raise DataError("no domains given")
-    plan: list[tuple[str, str, Path | None]] = []
+    if image_size < 8:
+        raise DataError(f"image_size must be >= 8, got {image_size}")
+    plan: DomainPlan = []
     for item in spec:
         kind, _, rest = item.strip().partition(":")
         if kind == "embedded" and not rest:
             plan.extend(("embedded", n, None) for n in EMBEDDED_DOMAINS)
         elif kind == "embedded":
+            if rest not in EMBEDDED_DOMAINS:
+                raise DataError(
+                    f"unknown embedded domain {rest!r}; known: {', '.join(EMBEDDED_DOMAINS)}"
+                )
             plan.append(("embedded", rest, None))
         elif kind in ("imagefolder", "decathlon"):
             name, eq, location = rest.partition("=")
             if not eq or not name or not location:
                 raise DataError(f"bad domain spec {item!r}: expected {kind}:<name>=<path>")
-            plan.append((kind, name, Path(location).expanduser()))
+            path = Path(location).expanduser()
+            if not path.exists():
+                raise DataError(f"{kind} domain {name!r}: {path} does not exist")
+            plan.append((kind, name, path))
         else:
             raise DataError(
                 f"bad domain spec {item!r}: expected embedded, embedded:<name>, "
@@ -46,6 +52,20 @@ def load_domains(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise DataError(f"domain names given more than once: {', '.join(duplicates)}")
+    return plan
+
+
+def load_domains(
+    spec: Sequence[str], cache_dir: Path, image_size: int, seed: int, workers: int = 0
+) -> dict[str, DomainData]:
+    """Load domains from spec items, in order, after checking them all (``plan_domains``),
+    through the on-disk cache under ``cache_dir`` (user images are decoded into it once, by
+    ``workers`` processes).
+
+    Items: ``embedded`` (all embedded domains), ``embedded:<name>``,
+    ``imagefolder:<name>=<path>`` or ``decathlon:<name>=<path>``.
+    """
+    plan = plan_domains(spec, image_size)
     cache_dir = Path(cache_dir)
     embedded = build_embedded(
         cache_dir, image_size, seed, [n for k, n, _ in plan if k == "embedded"]

@@ -239,3 +239,104 @@ def test_bad_input_is_a_one_line_error(kind: str, tmp_path: Path) -> None:
     assert result.output.startswith("error: ") and str(target) in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def grid_of(store: Path, versions: list[str], with_manifest: bool) -> dict[str, Any]:
+    """A budget_grid.py result whose rows point at run folders that are gone; with or without
+    the copy of each manifest that the grid records."""
+    rows = []
+    for version in versions:
+        manifest = json.loads((store / "fake" / version / "manifest.json").read_text())
+        row: dict[str, Any] = {
+            "artifact": f"gone/fake/{version}",
+            "budget": manifest["budget"],
+            "sharing": manifest["sharing"]["variant"],
+            "mean_test_accuracy": manifest["mean_test_accuracy"],
+            "test_accuracy": {d["name"]: d["test_accuracy"] for d in manifest["domains"]},
+            "compact_params_fraction": manifest["compact"]["params_fraction"],
+            "domain_macs_fraction": {d["name"]: d["macs_fraction"] for d in manifest["domains"]},
+            "domain_params_fraction": {
+                d["name"]: d["params_fraction"] for d in manifest["domains"]
+            },
+            "wall_time_s": manifest["training"]["wall_time_s"],
+        }
+        if with_manifest:
+            row["manifest"] = manifest
+        rows.append(row)
+    return {"grid": rows}
+
+
+VERSIONS = ["b1", "b05-union", "b05-none"]
+
+
+def test_grid_with_recorded_manifests_reproduces_the_report_without_run_folders(
+    store: Path, tmp_path: Path
+) -> None:
+    from_store = build_report([store], tmp_path / "from-store")
+    grid_file = tmp_path / "grid.json"
+    grid_file.write_text(json.dumps(grid_of(store, VERSIONS, with_manifest=True)))
+    warnings: list[str] = []
+    from_grid = build_report([grid_file], tmp_path / "from-grid", warn=warnings.append)
+
+    assert warnings == [] and from_grid["warnings"] == []
+    assert from_grid["plots"] == from_store["plots"]
+    keep = lambda row: {k: v for k, v in row.items() if k != "source"}  # noqa: E731
+    assert [keep(r) for r in from_grid["rows"]] == [keep(r) for r in from_store["rows"]]
+    assert "Not found or not recorded" not in (tmp_path / "from-grid" / "report.md").read_text()
+
+
+def test_grid_without_run_folders_names_what_it_could_not_use(store: Path, tmp_path: Path) -> None:
+    grid_file = tmp_path / "grid.json"
+    grid_file.write_text(json.dumps(grid_of(store, ["b05-union"], with_manifest=False)))
+    result = CliRunner().invoke(app, ["report", str(grid_file), "--out", str(tmp_path / "out")])
+
+    assert result.exit_code == 0, result.output
+    warning = (
+        "fake/b05-union: artifact folder gone/fake/b05-union not found, nor a copy of its "
+        f"manifest in {grid_file}; not recorded: budget_metric, sharing weight, channel lists"
+    )
+    assert f"warning: {warning}" in result.output
+    assert "1 runs, 2 plots, 1 warnings" in result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["warnings"] == [warning]
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert f"## Not found or not recorded\n\n- {warning}\n" in markdown
+
+
+def test_a_fuller_report_is_kept_unless_forced_and_stale_pictures_go(
+    store: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    full = build_report([store], out)
+    full_json = (out / "report.json").read_bytes()
+    pictures = sorted(p.name for p in out.glob("*.png"))
+    assert len(full["plots"]["channel_usage"]) == 3
+    grid_file = tmp_path / "grid.json"
+    grid_file.write_text(json.dumps(grid_of(store, VERSIONS, with_manifest=False)))
+
+    result = CliRunner().invoke(app, ["report", str(grid_file), "--out", str(out)])
+    assert result.exit_code == 2
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith(f"error: {out / 'report.json'} shows more of these runs")
+    assert "channel-usage pictures 3" in error and "--force" in error
+    assert result.output.count("warning: ") == 3
+    assert (out / "report.json").read_bytes() == full_json
+    assert sorted(p.name for p in out.glob("*.png")) == pictures
+
+    result = CliRunner().invoke(app, ["report", str(grid_file), "--out", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    replaced = json.loads((out / "report.json").read_text())
+    assert replaced["plots"]["channel_usage"] == []
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "accuracy_vs_budget.png",
+        "cost_vs_budget.png",
+    ]
+
+
+def test_a_report_of_other_runs_replaces_the_previous_one(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    build_report([store / "fake" / "b1"], out)
+    assert (out / "channel_usage_fake_b1.png").is_file()
+    report = build_report([store / "fake" / "b05-union"], out)
+    assert report["plots"]["channel_usage"] == ["channel_usage_fake_b05-union.png"]
+    assert not (out / "channel_usage_fake_b1.png").exists()

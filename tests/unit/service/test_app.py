@@ -29,7 +29,8 @@ from service import engine as engine_module
 from service.app import create_app
 from service.engine import InferenceEngine
 from service.settings import ServiceSettings
-from tests.artifacts import TINY_DOMAINS, write_tiny_artifact
+from tests.apps import ready_client, until_ready
+from tests.artifacts import TINY_DOMAINS
 
 DOMAINS = list(TINY_DOMAINS)
 Reference = Callable[[str, bytes], Tensor]
@@ -115,13 +116,6 @@ def assert_matches(predictions: list[dict[str, Any]], expected: Tensor, domain: 
     assert torch.max(torch.abs(got - expected.double())).item() <= 1e-5
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("model_store")
-    write_tiny_artifact(root)
-    return root
-
-
 def settings_for(store: Path, **overrides: Any) -> ServiceSettings:
     values: dict[str, Any] = {
         "model_store": store,
@@ -135,7 +129,7 @@ def settings_for(store: Path, **overrides: Any) -> ServiceSettings:
 
 @pytest.fixture(scope="module")
 def client(store: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(settings_for(store))) as test_client:
+    with ready_client(create_app(settings_for(store))) as test_client:
         yield test_client
 
 
@@ -165,6 +159,7 @@ def offline(store: Path) -> Iterator[Reference]:
 async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """The app's lifespan and an async client, both on the current event loop."""
     async with app.router.lifespan_context(app):
+        await until_ready(app)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
             yield client
@@ -299,7 +294,7 @@ def test_undecodable_images_are_422(client: TestClient) -> None:
 
 
 def test_the_pixel_limit_is_checked_before_decoding(store: Path) -> None:
-    with TestClient(create_app(settings_for(store, max_image_pixels=32 * 32))) as client:
+    with ready_client(create_app(settings_for(store, max_image_pixels=32 * 32))) as client:
         assert predict(client, "shapes", encode(noise(32, 32))).status_code == 200
         too_big = predict(client, "shapes", png_claiming(33, 32))  # header only, no pixel data
         assert "1056" in assert_error(too_big, 422, "image_too_large")
@@ -316,7 +311,7 @@ def test_bodies_over_the_limit_are_413(store: Path) -> None:
         + big
         + f"\r\n--{boundary}--\r\n".encode()
     )
-    with TestClient(create_app(settings)) as client:
+    with ready_client(create_app(settings)) as client:
         assert_error(predict(client, "shapes", big), 413, "body_too_large")  # Content-Length
         chunks = (big[i : i + 512] for i in range(0, len(big), 512))  # chunked, no length
         assert_error(predict(client, "shapes", chunks), 413, "body_too_large")
@@ -417,6 +412,7 @@ def test_the_deadline_gives_504_and_the_expired_image_is_not_computed(
     async def scenario() -> str:
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
+        await until_ready(app)
         transport = httpx.ASGITransport(app=app)
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
@@ -455,7 +451,7 @@ def test_an_unexpected_error_is_a_generic_500_with_the_traceback_logged(
         raise RuntimeError("secret internals /etc/passwd")
 
     monkeypatch.setattr(InferenceEngine, "predict", explode)
-    with TestClient(create_app(settings_for(store))) as client, caplog.at_level(logging.ERROR):
+    with ready_client(create_app(settings_for(store))) as client, caplog.at_level(logging.ERROR):
         response = predict(client, "shapes", PNG)
         text = client.get("/metrics").text
     assert response.status_code == 500
@@ -464,7 +460,7 @@ def test_an_unexpected_error_is_a_generic_500_with_the_traceback_logged(
     }
     assert "secret" not in response.text
     assert any("secret internals" in (r.exc_text or "") for r in caplog.records)
-    assert 'mdp_requests_total{domain="shapes",status="500"} 1.0' in text
+    assert 'mdp_requests_total{class="5xx",domain="shapes",status="500"} 1.0' in text
     assert 'mdp_rejections_total{domain="shapes",reason="internal"} 1.0' in text
 
 
@@ -477,6 +473,7 @@ def test_shutdown_turns_readiness_off_and_drains_in_flight_requests(
     async def scenario() -> None:
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
+        await until_ready(app)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
             forward.install()
@@ -522,6 +519,7 @@ def test_metrics_expose_every_series_for_every_domain(client: TestClient) -> Non
         "mdp_batch_compute_seconds": "histogram",
         "mdp_batch_size": "histogram",
         "mdp_queue_depth": "gauge",
+        "mdp_in_flight_requests": "gauge",
         "mdp_requests": "counter",
         "mdp_rejections": "counter",
     }
@@ -531,15 +529,36 @@ def test_metrics_expose_every_series_for_every_domain(client: TestClient) -> Non
         assert domains == {*DOMAINS, "_unknown"}, name
     latency = families["mdp_request_latency_seconds"].samples
     buckets = {s.labels["le"] for s in latency if s.name.endswith("_bucket")}
-    assert {"0.001", "2.5", "+Inf"} <= buckets
+    assert buckets == {
+        *("0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5"),
+        *("1.0", "2.5", "5.0", "10.0", "+Inf"),  # up to the 10 s deadline
+    }
     requests = {
-        (s.labels["domain"], s.labels["status"]): s.value
+        (s.labels["domain"], s.labels["status"], s.labels["class"]): s.value
         for s in families["mdp_requests"].samples
         if s.name == "mdp_requests_total"
     }
-    assert requests[("digits", "200")] >= 1 and requests[("_unknown", "404")] >= 1
+    assert requests[("digits", "200", "2xx")] >= 1 and requests[("_unknown", "404", "4xx")] >= 1
+    for process in ("process_resident_memory_bytes", "process_cpu_seconds", "process_open_fds"):
+        (value,) = [s.value for s in families[process].samples]
+        assert value > 0, process
     info = families["mdp_model_info"].samples[0]
     assert info.labels == {"model": "tiny", "version": "v1", "budget": "0.5", "sharing": "none"}
+
+
+def test_latency_buckets_end_at_the_deadline() -> None:
+    from service.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics(request_timeout_s=3)
+    metrics.observe_request("_unknown", 200, 2.9)
+    bounds = [
+        s.labels["le"]
+        for family in metrics.registry.collect()
+        if family.name == "mdp_request_latency_seconds"
+        for s in family.samples
+        if s.name.endswith("_bucket")
+    ]
+    assert bounds[-3:] == ["2.5", "3.0", "+Inf"]
 
 
 def test_each_app_has_its_own_registry(store: Path) -> None:

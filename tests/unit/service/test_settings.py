@@ -97,3 +97,58 @@ def test_start_up_errors_are_one_readable_message(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and "Traceback" not in err
+
+
+def test_unknown_mdp_variables_are_refused_with_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MDP_MAX_WAITMS", "3")
+    monkeypatch.setenv("MDP_DRAIN_DELAY", "5")
+    monkeypatch.setenv("MDP_PORT", "eighty")
+    monkeypatch.setenv("MDP_COMPLETELY_DIFFERENT_THING", "1")
+    monkeypatch.setenv("OTHER_VARIABLE", "not ours")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    lines = str(info.value).splitlines()
+    assert lines[0] == "invalid service settings:"
+    assert "  MDP_MAX_WAITMS: unknown setting; did you mean MDP_MAX_WAIT_MS?" in lines
+    assert "  MDP_DRAIN_DELAY: unknown setting; did you mean MDP_DRAIN_DELAY_S?" in lines
+    unrelated = "  MDP_COMPLETELY_DIFFERENT_THING: unknown setting"
+    assert any(line.startswith(unrelated) for line in lines)
+    assert any("MDP_PORT" in line and "eighty" in line for line in lines)  # listed together
+    assert not any("OTHER_VARIABLE" in line for line in lines)
+
+
+def test_the_serve_command_refuses_a_misspelt_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_tiny_artifact(tmp_path)
+    monkeypatch.setenv("MDP_MAX_WAITMS", "3")
+    with pytest.raises(SystemExit) as info:
+        server.main(["--model-store", str(tmp_path), "--model-name", "tiny"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid service settings:") and "MDP_MAX_WAIT_MS?" in err
+    assert "Traceback" not in err
+
+
+def test_hardening_settings_are_validated() -> None:
+    digest = "AB" * 32
+    assert load_settings(model_digest=digest).model_digest == digest.lower()
+    assert load_settings(model_digest="").model_digest is None
+    with pytest.raises(SettingsError, match=r"MDP_MODEL_DIGEST.*sha256 hex digest"):
+        load_settings(model_digest="1234")
+    with pytest.raises(SettingsError, match="must not exceed max_in_flight"):
+        load_settings(max_in_flight=4, max_in_flight_per_domain=8)
+    with pytest.raises(SettingsError, match="must not exceed preprocess_queue_size"):
+        load_settings(preprocess_queue_size=8, max_batch_images=9)
+    for name, value in (
+        ("access_log_sample", 1.5),
+        ("log_format", "xml"),
+        ("header_timeout_s", 0),
+        ("body_timeout_s", -1),
+        ("drain_delay_s", -1),
+        ("max_connections", 0),
+    ):
+        with pytest.raises(SettingsError, match=f"MDP_{name.upper()}"):
+            load_settings(**{name: value})
