@@ -148,14 +148,14 @@ def test_console_script_under_torchrun(tmp_path: Path) -> None:
 
     store = tmp_path / "store"
     train = ["train", *data, "--backbone", str(run_dir), "--model-store", str(store)]
-    _run([*TORCHRUN, "-m", "mdprune", *train, "--steps", "6", "--version", "v1"])
+    _run([*TORCHRUN, "-m", "mdprune", *train, "--steps", "6", "--model-version", "v1"])
     manifest = json.loads((store / "default" / "v1" / "manifest.json").read_text())
     assert manifest["training"]["world_size"] == 2
     verify = _run([sys.executable, "-m", "mdprune", "verify", str(store / "default" / "v1")])
     assert "OK" in verify.stdout
 
     log_path = tmp_path / "train.log"
-    command = [*TORCHRUN, "-m", "mdprune", *train, "--steps", "100000", "--version", "v2"]
+    command = [*TORCHRUN, "-m", "mdprune", *train, "--steps", "100000", "--model-version", "v2"]
     with _started(command, log_path) as launcher:
         _wait_for(lambda: "benchmark digest" in log_path.read_text(), 300, "the data summary")
         time.sleep(2)  # training has started

@@ -194,3 +194,53 @@ def test_serving_is_refused_under_torchrun(tmp_path: Path, monkeypatch: pytest.M
         monkeypatch.setenv(name, value)
     code, output = run("pipeline", "--cache-dir", str(tmp_path / "c"))
     assert code == 2 and "--serve does not run under torchrun; add --no-serve" in output
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("no-train", "annotation file not found"),
+        ("no-val", "annotation file not found"),
+        ("stripped-as-train", "no annotations (is it a stripped test file?)"),
+        ("stripped-file-as-root", "is an annotation file; give the Decathlon root folder"),
+        ("stripped-name", "names a stripped test file"),
+        ("missing-image", "1 of 12 listed images are missing"),
+    ],
+)
+def test_decathlon_training_data_bad_input(
+    decathlon: tuple[DecathlonLayout, DecathlonLayout], tmp_path: Path, change: str, message: str
+) -> None:
+    """Bad Decathlon data through the training command: one line, exit 2, no cache folder
+    that looks complete, no backbone."""
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(decathlon[0].root, root)
+    annotations = root / "annotations"
+    name, location = "planes", root
+    if change == "no-train":
+        (annotations / "planes_train.json").unlink()
+    elif change == "no-val":
+        (annotations / "planes_val.json").unlink()
+    elif change == "stripped-as-train":
+        (annotations / "planes_train.json").write_bytes(
+            (annotations / "planes_test_stripped.json").read_bytes()
+        )
+    elif change == "stripped-file-as-root":
+        location = annotations / "planes_test_stripped.json"
+    elif change == "stripped-name":
+        name = "planes_test_stripped"
+    else:
+        document = json.loads((annotations / "planes_train.json").read_text())
+        (root / document["images"][3]["file_name"]).unlink()
+    cache, run_dir = tmp_path / "cache", tmp_path / "run"
+    code, output = run(
+        "pretrain", "--domains", f"decathlon:{name}={location}", "--cache-dir", str(cache),
+        "--run-dir", str(run_dir), "--image-size", "16", "--device", "cpu", "--workers", "0",
+        "--steps", "1",
+    )  # fmt: skip
+    assert code == 2, output
+    assert output.startswith("error: ") and message in output, output
+    assert len(output.strip().splitlines()) == 1
+    assert not list(cache.rglob("cache.json")) and not list(cache.rglob("*.npy"))
+    assert not (run_dir / "backbone.json").exists()
