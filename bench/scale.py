@@ -17,6 +17,7 @@ images each (shorter side = the image size, as in the release), then
 Every measurement runs in a fresh process. Writes ``bench/results/scale.{json,md}``.
 
     python bench/scale.py [--sizes 64 72] [--domains 2] [--images 3000] [--steps 6]
+        [--rounds 3]
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def _peak_rss() -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def _domains_spec(root: Path, count: int) -> list[str]:
@@ -190,6 +195,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--loader-steps", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds of world size 1 and 2"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "scale")
     parser.add_argument("--measure", choices=sorted(MEASUREMENTS), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -203,6 +211,7 @@ def main() -> None:
 
     from devtools.decathlon_layout import write_decathlon_domain
 
+    load_start = _load_average()
     rows = []
     with tempfile.TemporaryDirectory(prefix="scale-") as scratch:
         for size in args.sizes:
@@ -223,11 +232,19 @@ def main() -> None:
             row: dict[str, Any] = {"image_size": size}
             row["cache_cold"] = _run("cache", args, data, cache, size, 1, work / "cache")[0]
             row["loader"] = _run("loader", args, data, cache, size, 1, work / "loader")[0]
-            row["train"] = {
-                f"world{world}": _run(
-                    "train", args, data, cache, size, world, work / f"train{world}"
-                )
-                for world in (1, 2)
+            # world sizes 1 and 2 in alternating rounds (1, 2 then 2, 1, ...): the shared
+            # machine's drift falls on both
+            rounds: dict[str, list[list[dict[str, Any]]]] = {"world1": [], "world2": []}
+            for r in range(args.rounds):
+                for world in (1, 2) if r % 2 == 0 else (2, 1):
+                    report = work / f"train{world}-round{r}"
+                    rounds[f"world{world}"].append(
+                        _run("train", args, data, cache, size, world, report)
+                    )
+            row["train"] = {key: _median_round(runs) for key, runs in rounds.items()}
+            row["train_rounds"] = {
+                key: [runs[0]["images_per_s"] for runs in per_round]
+                for key, per_round in rounds.items()
             }
             row["train"]["world1_cold"] = _run(
                 "train", args, data, work / "cold", size, 1, work / "cold"
@@ -252,11 +269,19 @@ def main() -> None:
                 "warmup",
                 "loader_steps",
                 "workers",
+                "rounds",
             )
         },
         "rows": rows,
+        "load_average": {"start": load_start, "end": _load_average()},
     }
     write_results(args.out, result, render_markdown(result))
+
+
+def _median_round(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The round with the median training throughput (rank 0's), as its ranks measured it."""
+    ordered = sorted(rounds, key=lambda ranks: ranks[0]["images_per_s"])
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def _mib(n: float) -> str:
@@ -292,7 +317,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         "## Training",
         "",
         f"Batch {s['batch_size']} per domain and step over all processes; {s['steps']} timed "
-        f"steps after {s['warmup']}. Data load: opening (cached) or building (cold) the cache.",
+        f"steps after {s['warmup']}. Data load: opening (cached) or building (cold) the cache. "
+        f"World sizes 1 and 2 with the cache built: {s['rounds']} alternating rounds, the "
+        "median round shown (every round's img/s below).",
         "",
         "| size | processes | cache | train img/s | data load (s) | peak RSS per process (MiB) |",
         "|---|---|---|---|---|---|",
@@ -310,6 +337,18 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"| {cache} | {ranks[0]['images_per_s']:,.1f} | {ranks[0]['load_seconds']:,.1f} "
                 f"| {rss} |"
             )
+    lines += ["", "| size | processes | img/s per round |", "|---|---|---|"]
+    for row in result["rows"]:
+        for key, per_round in row["train_rounds"].items():
+            values = ", ".join(f"{v:,.1f}" for v in per_round)
+            lines.append(f"| {row['image_size']} | {key.removeprefix('world')} | {values} |")
+    load = result.get("load_average")
+    if load:
+        lines += [
+            "",
+            f"Machine shared with other work: load average {load['start']} at the start, "
+            f"{load['end']} at the end.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,8 @@ batches of every split, in this process.
 prints one JSON line: ``peak_growth_bytes`` (this process's peak resident set, VmHWM reset
 through /proc/self/clear_refs after the imports and a warm-up, minus the resident set then),
 ``decoded_bytes`` (the domain's images at the image size, what an in-memory loader holds) and
-the image count.
+the image count; ``worker_peak_growth_bytes``: the largest growth of a data-loader worker's
+resident set between its first batch and the last one (``workers``: how many were seen).
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from tests.peak_memory import status_bytes
 from training.data import SPLITS, DomainData, TrainBatches, iterate_eval, load_domains
+
+
+def _children_rss() -> dict[int, int]:
+    return {c.pid: c.memory_info().rss for c in psutil.Process().children(recursive=True)}
 
 
 def _warm_up(image_size: int) -> None:
@@ -51,14 +57,25 @@ def main() -> None:
     count = sum(domain.counts().values())
     steps = 2 * domain.counts()["train"] // 64
     with TrainBatches({0: domain}, 64, {0: 0}, workers=args.workers) as batches:
-        for _ in range(steps):
+        batches.next()
+        first = _children_rss()
+        for _ in range(steps - 1):
             batches.next()
+        last = _children_rss()
+    worker_growth = [last[pid] - first[pid] for pid in first if pid in last]
     for split in SPLITS:
         for _ in iterate_eval(domain, split, 256):
             pass
     growth = status_bytes("VmHWM") - before
     decoded = count * args.image_size * args.image_size * 3
-    print(json.dumps({"peak_growth_bytes": growth, "decoded_bytes": decoded, "images": count}))
+    result = {
+        "peak_growth_bytes": growth,
+        "decoded_bytes": decoded,
+        "images": count,
+        "workers": len(worker_growth),
+        "worker_peak_growth_bytes": max(worker_growth, default=0),
+    }
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

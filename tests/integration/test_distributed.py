@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,9 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 #: One process against two on the same global batches of real images: each rank's BatchNorm
 #: normalises with the statistics of its half of the batch (and back-propagates through them),
-#: one process with those of the whole batch, so the trained tensors differ (measured: see the
-#: test).
-TOLERANCE = 0.05
+#: one process with those of the whole batch, and Adam's normalised steps in budget-aware
+#: training carry the small gradient differences into every switch score, so the learned
+#: tensors (weights, switch scores) differ: measured largest |one - two| / (1 + |one|) 0.13
+#: (a switch score; weights 0.09) after 6 + 6 + 2 steps. BatchNorm running statistics are
+#: estimated from those weights and are not compared here (they are in the uniform test).
+TOLERANCE = 0.25
 #: The same where all samples of a batch are equal (``--data uniform``): only the order of
 #: floating-point sums differs.
 EXACT = 1e-4
@@ -75,9 +78,15 @@ def _kill_rank(launcher: subprocess.Popen[bytes], rank: int) -> int:
     raise AssertionError(f"no process of rank {rank} under torchrun")
 
 
-def _compare(out: Path, *options: str) -> float:
+def _learned(name: str) -> bool:
+    return "running_" not in name and "num_batches_tracked" not in name
+
+
+def _compare(out: Path, *options: str, only: Callable[[str], bool] | None = None) -> float:
     """Pre-train and train on two ranks and in one process; check that the ranks agree bit for
-    bit and return the largest difference of a tensor between the two runs."""
+    bit and return the largest difference between the two runs' tensors, each element's
+    relative to its magnitude: ``|a - b| / (1 + |a|)`` (BatchNorm running variances reach
+    thousands; float32 sums in another order differ there in the fourth decimal)."""
     args = ["-m", "tests.distributed_run"]
     _run([*TORCHRUN, *args, str(out / "two"), *options])
     _run([sys.executable, *args, str(out / "one"), *options])
@@ -94,9 +103,15 @@ def _compare(out: Path, *options: str) -> float:
     one = load_file(str(out / "one" / "rank0.safetensors"))
     assert json.loads((out / "one" / "rank0.json").read_text())["world_size"] == 1
     assert set(one) == set(ranks[0])
-    differences = {n: float((one[n].double() - ranks[0][n].double()).abs().max()) for n in one}
+    differences = {
+        n: float(
+            ((one[n].double() - ranks[0][n].double()).abs() / (1 + one[n].double().abs())).max()
+        )
+        for n in one
+        if only is None or only(n)
+    }
     worst = max(differences, key=differences.__getitem__)
-    print(f"{options}: max |one process - two ranks| {differences[worst]:.2e} ({worst})")
+    print(f"{options}: max |one - two| / (1 + |one|) {differences[worst]:.2e} ({worst})")
     return differences[worst]
 
 
@@ -114,7 +129,7 @@ def test_two_ranks_compute_what_one_process_computes(tmp_path: Path) -> None:
 
 
 def test_two_ranks_stay_close_to_one_process_on_real_images(tmp_path: Path) -> None:
-    assert _compare(tmp_path, "--batch-size", "64") < TOLERANCE
+    assert _compare(tmp_path, "--batch-size", "64", only=_learned) < TOLERANCE
 
 
 def test_console_script_under_torchrun(tmp_path: Path) -> None:
