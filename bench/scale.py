@@ -7,9 +7,10 @@ images each (shorter side = the image size, as in the release), then
   images/s and the peak resident set of the process (a fresh one);
 * data loader alone: training batches (``TrainBatches``: read, augment, normalise) from the
   cache, and what a loader without the cache would be bound by: decoding the JPEGs again
-  (``decode_files``), both with 0 and ``--workers`` processes;
+  (``decode_files``), both with ``--workers`` processes;
 * training: pre-training steps (``train_steps``, all weights, SGD) at world size 1 (one process,
-  all cores) and 2 (``torchrun --standalone --nproc_per_node=2``, gloo, one thread each), with
+  all cores; and one thread, as each torchrun process gets) and 2 (``torchrun --standalone
+  --nproc_per_node=2``, gloo, one thread each) in alternating rounds, with
   the cache already built, and once at world size 1 from a cold cache (built in that run);
   images/s over ``--steps`` timed steps after ``--warmup`` steps, and each process's peak
   resident set.
@@ -165,8 +166,10 @@ def _run(
     size: int,
     world: int,
     report: Path,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     launcher = TORCHRUN if world == 2 else [sys.executable]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     child = [
         str(Path(__file__).resolve()), "--measure", measure, "--data", str(data),
         "--cache", str(cache), "--size", str(size), "--report", str(report),
@@ -175,7 +178,7 @@ def _run(
         "--warmup", str(args.warmup), "--loader-steps", str(args.loader_steps),
     ]  # fmt: skip
     done = subprocess.run(
-        [*launcher, *child], cwd=ROOT, capture_output=True, text=True, check=False
+        [*launcher, *child], cwd=ROOT, capture_output=True, text=True, check=False, env=env
     )
     if done.returncode != 0:
         raise SystemExit(
@@ -232,14 +235,16 @@ def main() -> None:
             row: dict[str, Any] = {"image_size": size}
             row["cache_cold"] = _run("cache", args, data, cache, size, 1, work / "cache")[0]
             row["loader"] = _run("loader", args, data, cache, size, 1, work / "loader")[0]
-            # world sizes 1 and 2 in alternating rounds (1, 2 then 2, 1, ...): the shared
-            # machine's drift falls on both
-            rounds: dict[str, list[list[dict[str, Any]]]] = {"world1": [], "world2": []}
+            # one process (all cores, or one thread as each of torchrun's processes gets) and
+            # two, in alternating rounds (order reversed every round): the shared machine's
+            # drift falls on all
+            configs = [("world1", 1, None), ("world2", 2, None), ("world1_1thread", 1, 1)]
+            rounds: dict[str, list[list[dict[str, Any]]]] = {key: [] for key, _, _ in configs}
             for r in range(args.rounds):
-                for world in (1, 2) if r % 2 == 0 else (2, 1):
-                    report = work / f"train{world}-round{r}"
-                    rounds[f"world{world}"].append(
-                        _run("train", args, data, cache, size, world, report)
+                for key, world, threads in configs if r % 2 == 0 else configs[::-1]:
+                    report = work / f"train-{key}-round{r}"
+                    rounds[key].append(
+                        _run("train", args, data, cache, size, world, report, threads)
                     )
             row["train"] = {key: _median_round(runs) for key, runs in rounds.items()}
             row["train_rounds"] = {
@@ -327,6 +332,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     for row in result["rows"]:
         for key, world, cache in (
             ("world1", 1, "built"),
+            ("world1_1thread", 1, "built"),
             ("world2", 2, "built"),
             ("world1_cold", 1, "cold"),
         ):
@@ -341,7 +347,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     for row in result["rows"]:
         for key, per_round in row["train_rounds"].items():
             values = ", ".join(f"{v:,.1f}" for v in per_round)
-            lines.append(f"| {row['image_size']} | {key.removeprefix('world')} | {values} |")
+            processes = key.removeprefix("world").replace("_1thread", ", 1 thread")
+            lines.append(f"| {row['image_size']} | {processes} | {values} |")
     load = result.get("load_average")
     if load:
         lines += [
