@@ -59,3 +59,23 @@ def test_one_process_needs_no_process_group() -> None:
         runtime.average_buffers(module)
         assert module.running_mean.tolist() == [1.0, 1.0, 1.0]
         runtime.barrier()
+
+
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled, but CUDA")
+def test_precision_and_layout_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU: float32, no loss scaling, contiguous layout (results unchanged). CUDA (chosen here
+    without a GPU, nothing runs on it): bfloat16 autocast where supported, else float16 with a
+    GradScaler; channels-last."""
+    cpu = Runtime()
+    assert cpu.amp_dtype is None and cpu.grad_scaler() is None
+    assert cpu.memory_format() == torch.contiguous_format
+    with cpu.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    cuda = Runtime(device=torch.device("cuda", 0))
+    assert cuda.cuda and cuda.memory_format() == torch.channels_last
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert cuda.amp_dtype == torch.bfloat16 and cuda.grad_scaler() is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert cuda.amp_dtype == torch.float16
+    assert isinstance(cuda.grad_scaler(), torch.amp.GradScaler)
