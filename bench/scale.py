@@ -5,9 +5,10 @@ images each (shorter side = the image size, as in the release), then
 
 * cache (cold): decoding every image into the pre-resized cache with ``--workers`` processes:
   images/s and the peak resident set of the process (a fresh one);
-* data loader alone: training batches (``TrainBatches``: read, augment, normalise) from the
-  cache, and what a loader without the cache would be bound by: decoding the JPEGs again
-  (``decode_files``), both with ``--workers`` processes;
+* data loader alone: reading steps' images from the cache (the DataLoader's workers' part),
+  whole training batches (``TrainBatches``: read in the workers, then augment and normalise in
+  the training process) and what a loader without the cache would be bound by: decoding the
+  JPEGs again (``decode_files``), all with ``--workers`` processes;
 * training: pre-training steps (``train_steps``, all weights, SGD) at world size 1 (one process,
   all cores; and one thread, as each torchrun process gets) and 2 (``torchrun --standalone
   --nproc_per_node=2``, gloo, one thread each) in alternating rounds, with
@@ -76,13 +77,37 @@ def measure_cache(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure_loader(args: argparse.Namespace) -> dict[str, Any]:
-    from training.data import TrainBatches, load_domains
+    from torch.utils.data import DataLoader
+
+    from training.data import SplitDataset, StepSampler, TrainBatches, load_domains
     from training.data._images import decode_files
+    from training.data.batches import StepDataset
     from training.data.decathlon import annotation_path
 
     domains = load_domains(_domains_spec(args.data, args.domains), args.cache, args.size, 0, 0)
     indexed = dict(enumerate(domains.values()))
     per_step = args.batch_size * len(indexed)
+    # what the workers do: read each step's images from the cache, no augmentation
+    sampler = StepSampler(
+        {k: len(d.targets["train"]) for k, d in indexed.items()},
+        args.batch_size,
+        {k: k for k in indexed},
+    )
+    reader = DataLoader(
+        StepDataset({k: SplitDataset(d) for k, d in indexed.items()}),
+        sampler=sampler,
+        batch_size=None,
+        collate_fn=lambda step: step,
+        num_workers=args.workers,
+    )
+    steps = iter(reader)
+    for _ in range(args.warmup):
+        next(steps)
+    started = time.perf_counter()
+    for _ in range(args.loader_steps):
+        next(steps)
+    read = args.loader_steps * per_step / (time.perf_counter() - started)
+    del steps
     with TrainBatches(indexed, args.batch_size, {k: k for k in indexed}, workers=args.workers) as b:
         for _ in range(args.warmup):
             b.next()
@@ -97,6 +122,7 @@ def measure_loader(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     decoded = sum(len(chunk) for chunk in decode_files(files, args.size, args.workers))
     return {
+        "cache_read_images_per_s": read,
         "cached_batches_images_per_s": cached,
         "decode_images_per_s": decoded / (time.perf_counter() - started),
         "peak_rss": _peak_rss(),
@@ -306,14 +332,16 @@ def render_markdown(result: dict[str, Any]) -> str:
         "## Data",
         "",
         "| size | images | pixels (MiB) | cache build, cold (img/s) | build peak RSS (MiB) "
-        "| loader from the cache (img/s) | decoding the JPEGs (img/s) |",
-        "|---|---|---|---|---|---|---|",
+        "| reading the cache (img/s) | training batches from the cache (img/s) "
+        "| decoding the JPEGs (img/s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         cold, loader = row["cache_cold"], row["loader"]
         lines.append(
             f"| {row['image_size']} | {cold['images']} | {_mib(row['decoded_bytes'])} "
             f"| {cold['images_per_s']:,.0f} | {_mib(cold['peak_rss'])} "
+            f"| {loader['cache_read_images_per_s']:,.0f} "
             f"| {loader['cached_batches_images_per_s']:,.0f} "
             f"| {loader['decode_images_per_s']:,.0f} |"
         )
