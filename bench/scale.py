@@ -310,7 +310,8 @@ def main() -> None:
 
 
 def _median_round(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The round with the median training throughput (rank 0's), as its ranks measured it."""
+    """The round with the median training throughput (rank 0's; the lower median of an even
+    count), as its ranks measured it."""
     ordered = sorted(rounds, key=lambda ranks: ranks[0]["images_per_s"])
     return ordered[(len(ordered) - 1) // 2]
 
@@ -352,7 +353,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"Batch {s['batch_size']} per domain and step over all processes; {s['steps']} timed "
         f"steps after {s['warmup']}. Data load: opening (cached) or building (cold) the cache. "
         f"World sizes 1 and 2 with the cache built: {s['rounds']} alternating rounds, the "
-        "median round shown (every round's img/s below).",
+        "median round shown (of an even count, the slower one; every round's img/s below).",
         "",
         "| size | processes | cache | train img/s | data load (s) | peak RSS per process (MiB) |",
         "|---|---|---|---|---|---|",
@@ -367,7 +368,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             ranks = row["train"][key]
             rss = " + ".join(_mib(r["peak_rss"]) for r in ranks)
             lines.append(
-                f"| {row['image_size']} | {world} ({ranks[0]['torch_threads']} threads each) "
+                f"| {row['image_size']} | {world} ({ranks[0]['torch_threads']} thread(s) each) "
                 f"| {cache} | {ranks[0]['images_per_s']:,.1f} | {ranks[0]['load_seconds']:,.1f} "
                 f"| {rss} |"
             )
