@@ -46,12 +46,12 @@ def photos() -> Iterator[tuple[str, Image.Image]]:
 
 
 def benchmark_images(per_domain: int) -> Iterator[tuple[str, Image.Image]]:
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as cache:  # the images are read from the cache
         domains = build_embedded_benchmark(Path(cache), image_size=32, seed=0)
-    for name in EMBEDDED_DOMAINS:
-        images = domains[name].images["test"]
-        for i in range(per_domain):
-            yield name, Image.fromarray(images[i])
+        for name in EMBEDDED_DOMAINS:
+            images = domains[name].images["test"][:per_domain]
+            for i in range(per_domain):
+                yield name, Image.fromarray(images[i])
 
 
 def jpeg(image: Image.Image) -> Image.Image:

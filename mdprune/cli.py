@@ -7,6 +7,7 @@ Training commands import ``training``, ``report`` imports only ``reporting`` and
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 import urllib.request
@@ -23,6 +24,7 @@ from multidomain import __version__
 if TYPE_CHECKING:
     from multidomain.arch import ArchSpec
     from training.budget import BudgetConfig
+    from training.runtime import Runtime
 
 __all__ = ["app", "clean_errors", "main"]
 
@@ -84,9 +86,26 @@ DomainsOpt = Annotated[
         "'imagefolder:<name>=<path>' or 'decathlon:<name>=<path>'.",
     ),
 ]
-CacheOpt = Annotated[Path, typer.Option(help="Cache folder of the embedded benchmark.")]
+CacheOpt = Annotated[
+    Path,
+    typer.Option(help="Cache folder: every domain's images, decoded once at the image size."),
+]
 SizeOpt = Annotated[int, typer.Option(help="Image side length every domain is resized to.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for splits, initialisation and batches.")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        help="Where to compute: auto (CUDA when present), cpu or cuda; under torchrun each "
+        "process takes the GPU of its local rank."
+    ),
+]
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        help="Worker processes that decode images into the cache and read training batches "
+        "(0: the main process does it)."
+    ),
+]
 
 
 def _package_errors() -> tuple[type[Exception], ...]:
@@ -116,15 +135,31 @@ def clean_errors() -> Iterator[None]:
         yield
     except known as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        typer.echo(f"error: {message}", err=True)
+        rank = os.environ.get("RANK", "0") or "0"
+        if rank == "0":
+            typer.echo(f"error: {message}", err=True)
+        elif os.environ.get("LOCAL_RANK") == "0":  # the first process of another node
+            typer.echo(f"error: rank {rank}: {message}", err=True)
         raise typer.Exit(2) from None
 
 
-def _load(domains: list[str], cache_dir: Path, image_size: int, seed: int) -> dict[str, Any]:
+def _runtime(device: str = "cpu", workers: int = 0) -> Runtime:
+    """Device, workers and torchrun's environment checked, before any data is loaded."""
+    from training.runtime import Runtime
+
+    return Runtime.from_environment(device, workers)
+
+
+def _load(
+    domains: list[str], cache_dir: Path, image_size: int, seed: int, runtime: Runtime
+) -> dict[str, Any]:
+    """The domains, through the cache; in a distributed run the first process of every node
+    builds what is missing before the others read it."""
     from training.common import console
     from training.data import benchmark_digest, load_domains, print_summary
 
-    data = load_domains(domains, cache_dir, image_size, seed)
+    with runtime.local_first():
+        data = load_domains(domains, cache_dir, image_size, seed, runtime.workers)
     print_summary(data, benchmark_digest(data), console)
     return data
 
@@ -135,12 +170,15 @@ def data(
     cache_dir: CacheOpt = Path("data_cache"),
     image_size: SizeOpt = 32,
     seed: SeedOpt = 0,
+    workers: WorkersOpt = 2,
 ) -> None:
     """Build or load the data; print its summary.
 
     Prints the table of domains and splits and the benchmark digest (sha256)."""
     with clean_errors():
-        _load(domains, cache_dir, image_size, seed)
+        runtime = _runtime("cpu", workers)
+        with runtime.session():
+            _load(domains, cache_dir, image_size, seed, runtime)
 
 
 @app.command()
@@ -156,23 +194,39 @@ def pretrain(
     init_from: Annotated[
         Path | None, typer.Option(help="Start from another backbone run's shared weights.")
     ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Steps between checkpoints (resume after an interruption).")
+    ] = 100,
     cache_dir: CacheOpt = Path("data_cache"),
     image_size: SizeOpt = 32,
     seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = 2,
 ) -> None:
     """Pre-train the backbone, resuming a checkpoint.
 
-    The backbone is also the single-domain baseline."""
+    The backbone is also the single-domain baseline. Distributed: torchrun
+    --nproc_per_node=N -m mdprune pretrain ... (--batch-size is per domain over all
+    processes)."""
     with clean_errors():
         from multidomain.arch import ArchSpec
         from training.pretrain import PretrainConfig, backbone_record, pretrain_backbone
 
+        runtime = _runtime(device, workers)
         arch = ArchSpec(width_mult=width_mult, image_size=image_size)
-        config = PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+        config = PretrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
+        )
+        runtime.check_batch_size(config.batch_size)
         if init_from is not None:
             backbone_record(init_from)
-        loaded = _load(domains, cache_dir, image_size, seed)
-        pretrain_backbone(list(loaded.values()), arch, config, run_dir, init_from)
+        with runtime.session():
+            loaded = _load(domains, cache_dir, image_size, seed, runtime)
+            pretrain_backbone(list(loaded.values()), arch, config, run_dir, init_from, runtime)
 
 
 BudgetOpt = Annotated[
@@ -401,11 +455,12 @@ def _train_and_export(
     model_store: Path,
     model_name: str,
     version: str | None,
+    runtime: Runtime,
 ) -> Path:
     from training.budget import train_budget_aware
     from training.export import export_artifact
 
-    trained = train_budget_aware(list(loaded.values()), backbone, config)
+    trained = train_budget_aware(list(loaded.values()), backbone, config, runtime)
     path, _ = export_artifact(trained, model_store, model_name, version)
     return path
 
@@ -430,15 +485,19 @@ def train(
     version: VersionOpt = None,
     cache_dir: CacheOpt = Path("data_cache"),
     seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = 2,
 ) -> None:
     """Budget-aware training, pruning and export.
 
     Learns each domain's channel switches over a finished backbone under the budget, removes
-    the channels no domain uses and exports the compact artifact."""
+    the channels no domain uses and exports the compact artifact. Distributed: torchrun
+    --nproc_per_node=N -m mdprune train ... (rank 0 exports)."""
     with clean_errors():
         from multidomain.arch import ArchSpec
         from training.pretrain import backbone_record
 
+        runtime = _runtime(device, workers)
         config = _budget_config(
             budget,
             budget_metric,
@@ -451,11 +510,13 @@ def train(
             latency_table,
             latency_batch,
         )
+        runtime.check_batch_size(config.batch_size)
         _check_target(model_store, model_name, version)
         arch = ArchSpec.from_dict(backbone_record(backbone)["arch"])
         _check_budget(arch, config, domains)
-        loaded = _load(domains, cache_dir, arch.image_size, seed)
-        _train_and_export(loaded, backbone, config, model_store, model_name, version)
+        with runtime.session():
+            loaded = _load(domains, cache_dir, arch.image_size, seed, runtime)
+            _train_and_export(loaded, backbone, config, model_store, model_name, version, runtime)
 
 
 @app.command()
@@ -480,6 +541,8 @@ def pipeline(
     cache_dir: CacheOpt = Path("data_cache"),
     image_size: SizeOpt = 32,
     seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = 2,
     if_missing: Annotated[
         bool,
         typer.Option(
@@ -497,6 +560,9 @@ def pipeline(
         from multidomain.arch import ArchSpec
         from training.pretrain import PretrainConfig, pretrain_backbone
 
+        runtime = _runtime(device, workers)
+        if serve and runtime.distributed:
+            raise ValueError("--serve does not run under torchrun; add --no-serve")
         arch = ArchSpec(width_mult=width_mult, image_size=image_size)
         profile_to = None
         if budget_metric == "latency" and latency_table is None:
@@ -512,6 +578,9 @@ def pipeline(
             latency_table=latency_table,
             latency_batch=latency_batch,
         )
+        pretrain_config = PretrainConfig(steps=pretrain_steps, seed=seed)
+        for batch_size in (config.batch_size, pretrain_config.batch_size):
+            runtime.check_batch_size(batch_size)
         existing = _verified_version(model_store, model_name, version) if if_missing else None
         if existing is not None:
             typer.echo(f"{existing} exists and verifies: not training (--if-missing)")
@@ -521,11 +590,12 @@ def pipeline(
             return
         _check_target(model_store, model_name, version)
         _check_budget(arch, config, domains, profile_to)
-        loaded = _load(domains, cache_dir, image_size, seed)
-        pretrain_backbone(
-            list(loaded.values()), arch, PretrainConfig(steps=pretrain_steps, seed=seed), run_dir
-        )
-        path = _train_and_export(loaded, run_dir, config, model_store, model_name, version)
+        with runtime.session():
+            loaded = _load(domains, cache_dir, image_size, seed, runtime)
+            pretrain_backbone(list(loaded.values()), arch, pretrain_config, run_dir, None, runtime)
+            path = _train_and_export(
+                loaded, run_dir, config, model_store, model_name, version, runtime
+            )
     if serve:
         sample = _write_sample_image(next(iter(loaded.values())), run_dir)
         url = f"http://127.0.0.1:{port}"
@@ -621,6 +691,58 @@ def verify(path: ArtifactArg) -> None:
                 f"{timed}"
                 f", test accuracy {info.get('test_accuracy', float('nan')):.4f}"
             )
+
+
+@app.command("predict-decathlon")
+def predict_decathlon(
+    path: ArtifactArg,
+    root: Annotated[
+        Path,
+        typer.Option(
+            help="Decathlon root: annotations/<name>_test_stripped.json, <name>_train.json "
+            "(category ids) and the images.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Results file: [{image_id, category_id}].")
+    ] = Path("results.json"),
+    domain: Annotated[
+        list[str] | None,
+        typer.Option(help="Domain to predict, repeatable (default: all of the artifact's)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    cache_dir: CacheOpt = Path("data_cache"),
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = 2,
+) -> None:
+    """Predict the stripped Decathlon test sets.
+
+    Writes the challenge's results file [{image_id, category_id}] from an artifact."""
+    with clean_errors():
+        from multidomain.artifact import find_artifact, load_artifact
+        from multidomain.files import write_json
+        from training.predict import predict_decathlon as predict
+
+        runtime = _runtime(device, workers)
+        if runtime.distributed:
+            raise ValueError("predict-decathlon runs as one process; start it without torchrun")
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a directory; name the results file")
+        artifact = load_artifact(find_artifact(path))
+        names = domain or [d.name for d in artifact.domains]
+        for name in names:
+            artifact.domain(name)  # KeyError naming the known domains
+        with runtime.session():
+            results, counts = predict(artifact, root, names, cache_dir, runtime, batch_size)
+        write_json(out, results)
+    typer.echo(
+        f"wrote {out}: {len(results)} predictions ("
+        + ", ".join(f"{name} {count}" for name, count in counts.items())
+        + ")"
+    )
 
 
 @app.command()

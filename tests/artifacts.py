@@ -48,13 +48,17 @@ def randomise_batchnorm(model: ResNet26, seed: int) -> None:
 
 
 def make_tiny_model(
-    arch: ArchSpec | None = None, keep: float = 0.5, seed: int = 0, group: int = 1
+    arch: ArchSpec | None = None,
+    keep: float = 0.5,
+    seed: int = 0,
+    group: int = 1,
+    domains: dict[str, list[str]] = TINY_DOMAINS,
 ) -> tuple[ResNet26, list[torch.Tensor]]:
     arch = arch or ArchSpec(width_mult=0.125, image_size=16)
     torch.manual_seed(seed)
-    model = ResNet26(arch, [len(labels) for labels in TINY_DOMAINS.values()])
+    model = ResNet26(arch, [len(labels) for labels in domains.values()])
     randomise_batchnorm(model, seed)
-    return model.eval(), random_masks(arch, len(TINY_DOMAINS), keep, seed, group)
+    return model.eval(), random_masks(arch, len(domains), keep, seed, group)
 
 
 def write_tiny_artifact(
@@ -65,14 +69,15 @@ def write_tiny_artifact(
     seed: int = 0,
     group: int = 1,
     manifest_group: int | None = None,
+    labels_of: dict[str, list[str]] = TINY_DOMAINS,
     created_at: str = "2026-01-01T00:00:00+00:00",
 ) -> Path:
     """``group``: channels switched together; ``manifest_group``: the ``channel_group`` the
     manifest claims (default: ``group``)."""
-    model, masks = make_tiny_model(arch, seed=seed, group=group)
+    model, masks = make_tiny_model(arch, seed=seed, group=group, domains=labels_of)
     parts = prune_to_compact(model, masks)
     domains = []
-    for k, (name, labels) in enumerate(TINY_DOMAINS.items()):
+    for k, (name, labels) in enumerate(labels_of.items()):
         domains.append(
             {
                 "name": name,

@@ -31,11 +31,12 @@ from multidomain.groups import check_channel_group, expand_groups, resolve_chann
 from multidomain.latency import LatencyTable
 from multidomain.network import ChannelSwitches, ResNet26, domain_tensor_name
 from training.common import recalibrate_batchnorm, seed_everything
-from training.data import DomainData, DomainFeeder
+from training.data import DomainData, TrainBatches
 from training.errors import RunError
-from training.loop import ExtraLoss, train_steps
+from training.loop import ExtraLoss, StepNetwork, train_steps
 from training.pretrain import load_backbone
 from training.prune import project_to_budget
+from training.runtime import Runtime
 from training.sharing import SharingVariant, check_variant, sharing_loss
 
 __all__ = [
@@ -183,13 +184,14 @@ class TrainedModel:
     projected_channels: list[int]
     learned_costs: list[dict[str, float]]  # per domain, before the projection
     history: list[dict[str, float]] = field(default_factory=list)
+    runtime: Runtime = field(default_factory=Runtime)
 
     @property
     def group(self) -> int:
         return self.costs.group
 
     def domain_masks(self, d: int) -> list[Tensor]:
-        return [m[d].float() for m in self.masks]
+        return [m[d].float().to(self.runtime.device) for m in self.masks]
 
 
 def build_from_backbone(domains: Sequence[DomainData], backbone_dir: Path) -> ResNet26:
@@ -291,19 +293,28 @@ def budget_target(config: BudgetConfig, step: int, budget: float | None = None) 
 
 
 def train_budget_aware(
-    domains: Sequence[DomainData], backbone_dir: Path, config: BudgetConfig
+    domains: Sequence[DomainData],
+    backbone_dir: Path,
+    config: BudgetConfig,
+    runtime: Runtime | None = None,
 ) -> TrainedModel:
+    """Train, project and fine-tune (module docstring); in a distributed run every rank trains
+    on its share of each global batch (``config.batch_size`` over all ranks) and ends with the
+    same model."""
+    runtime = runtime or Runtime()
+    runtime.check_batch_size(config.batch_size)
     seed_everything(config.seed)
     domains = list(domains)
     names = [d.name for d in domains]
     config.check_domains(names)
-    model = build_from_backbone(domains, backbone_dir)
+    model = runtime.place(build_from_backbone(domains, backbone_dir))
     arch = model.arch
     resolved = budget_costs(arch, config)
     costs, group = resolved.costs, resolved.group
     budgets = [config.budget_for(name) for name in names]
     share_weights = [group * w for w in linear_cost(arch, "params").per_channel]
     switches = ChannelSwitches(len(domains), arch.full_mid_channels(), config.score_init, group)
+    switches.to(runtime.device)
     initialise_scores(switches, model, costs, config.score_init)
     for p in model.shared_parameters():
         p.requires_grad_(config.unfreeze_shared)
@@ -313,18 +324,22 @@ def train_budget_aware(
     ]
     if config.unfreeze_shared:
         groups.append({"params": model.shared_parameters(), "lr": config.lr_domain * 0.1})
-    log_gamma = nn.Parameter(torch.tensor(math.log(max(config.sharing_weight, 1e-6))))
+    log_gamma = nn.Parameter(
+        torch.tensor(math.log(max(config.sharing_weight, 1e-6)), device=runtime.device)
+    )
     if config.learnable_sharing_weight:
         groups.append({"params": [log_gamma], "lr": config.lr_scores})
     optimizer = torch.optim.Adam(groups)
-    feeders = {
-        k: DomainFeeder(d, config.batch_size, config.seed + 7 * k) for k, d in enumerate(domains)
-    }
+    seeds = {k: config.seed + 7 * k for k in range(len(domains))}
+    step_network = StepNetwork(model, switches.masks, switches)
+    network = runtime.wrap(step_network)
 
     def budget_and_sharing(step: int) -> ExtraLoss:
         masks = switches.group_masks()
         domain_costs = _stacked_costs(costs, masks, group)
-        target = torch.tensor([budget_target(config, step, b) for b in budgets])
+        target = torch.tensor(
+            [budget_target(config, step, b) for b in budgets], device=domain_costs.device
+        )
         budget_term = config.penalty * torch.relu(domain_costs - target).pow(2).sum()
         share = sharing_loss(config.sharing, masks, share_weights)
         gamma = torch.exp(log_gamma) if config.learnable_sharing_weight else config.sharing_weight
@@ -341,22 +356,29 @@ def train_budget_aware(
             log_gamma.clamp_(max=math.log(100.0))
 
     started = time.perf_counter()
-    history = train_steps(
-        model,
-        feeders,
-        optimizer,
-        config.steps,
-        f"budget {config.budget} {config.sharing}",
-        masks_for=switches.masks,
-        extra_loss=budget_and_sharing,
-        after_step=clamp_sharing_weight,
-    )
-    hard = switches.hard_group_masks()
+    with TrainBatches(
+        dict(enumerate(domains)), config.batch_size, seeds, **runtime.loader_options()
+    ) as batches:
+        history = train_steps(
+            network,
+            batches,
+            optimizer,
+            config.steps,
+            f"budget {config.budget} {config.sharing}",
+            runtime=runtime,
+            extra_loss=budget_and_sharing,
+            after_step=clamp_sharing_weight,
+        )
+    hard = [m.cpu() for m in switches.hard_group_masks()]
     learned, projected = [], []
     for k in range(len(domains)):
         learned.append(resolved.fractions([group * int(m[k].sum()) for m in hard]))
         own_masks, removed = project_to_budget(
-            [s[k].detach() for s in switches.scores], [m[k] for m in hard], costs, budgets[k], group
+            [s[k].detach().cpu() for s in switches.scores],
+            [m[k] for m in hard],
+            costs,
+            budgets[k],
+            group,
         )
         for b, mask in enumerate(own_masks):
             hard[b][k] = mask
@@ -373,27 +395,32 @@ def train_budget_aware(
         projected,
         learned,
         history,
+        runtime,
     )
-    _finetune_projected(trained)
-    recalibrate_batchnorm(model, domains, trained.domain_masks)
+    step_network.masks_for = trained.domain_masks  # the projected masks from here on
+    _finetune_projected(trained, network)
+    recalibrate_batchnorm(model, domains, trained.domain_masks, runtime=runtime)
     trained.wall_time_s = time.perf_counter() - started
     return trained
 
 
-def _finetune_projected(trained: TrainedModel) -> None:
-    """Briefly retrain BN and head of every domain whose mask the projection changed."""
+def _finetune_projected(trained: TrainedModel, network: nn.Module) -> None:
+    """Briefly retrain BN and head of every domain whose mask the projection changed;
+    ``network`` runs the model under the projected masks."""
     todo = [k for k, removed in enumerate(trained.projected_channels) if removed]
     if not todo or trained.config.finetune_steps == 0:
         return
-    config = trained.config
+    config, runtime = trained.config, trained.runtime
     optimizer = torch.optim.Adam(trained.model.domain_parameters(), lr=config.lr_domain)
     for k in todo:
-        feeder = DomainFeeder(trained.domains[k], config.batch_size, config.seed + 99 + k)
-        train_steps(
-            trained.model,
-            {k: feeder},
-            optimizer,
-            config.finetune_steps,
-            f"fine-tune {trained.domains[k].name}",
-            masks_for=trained.domain_masks,
-        )
+        domain = {k: trained.domains[k]}
+        seeds = {k: config.seed + 99 + k}
+        with TrainBatches(domain, config.batch_size, seeds, **runtime.loader_options()) as batches:
+            train_steps(
+                network,
+                batches,
+                optimizer,
+                config.finetune_steps,
+                f"fine-tune {trained.domains[k].name}",
+                runtime=runtime,
+            )

@@ -1,8 +1,10 @@
 """Training checkpoints in a run directory, to resume an interrupted run from.
 
 ``checkpoint.safetensors`` holds the model (``model.<name>``) and the optimizer's momentum
-buffers (``momentum.<parameter name>``); ``checkpoint.json`` the run's identity, the step and
-the time spent so far. A checkpoint is training state, never an artifact: the artifact is written
+buffers (``momentum.<parameter name>``); ``checkpoint.json`` the run's identity, the step, the
+time spent so far and the world size that wrote it (information only: any world size resumes,
+as every rank holds the same state). Tensors are stored from the CPU and loaded onto the
+model's device. A checkpoint is training state, never an artifact: the artifact is written
 only by ``multidomain.artifact.write_artifact`` (see ``training.export``).
 """
 
@@ -38,6 +40,7 @@ def write_checkpoint(
     elapsed: float,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    world_size: int = 1,
 ) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     names = {id(p): n for n, p in model.named_parameters()}
@@ -47,7 +50,8 @@ def write_checkpoint(
             if buf is not None:
                 tensors[f"momentum.{names[id(p)]}"] = buf
     write_tensors(run_dir / CHECKPOINT_WEIGHTS, tensors)
-    write_json(run_dir / CHECKPOINT_RECORD, {**identity, "step": step, "elapsed_s": elapsed})
+    record = {**identity, "step": step, "elapsed_s": elapsed, "world_size": world_size}
+    write_json(run_dir / CHECKPOINT_RECORD, record)
 
 
 def resume_checkpoint(
@@ -74,14 +78,16 @@ def resume_checkpoint(
     params = dict(model.named_parameters())
     for key, buf in tensors.items():
         if key.startswith("momentum."):
-            optimizer.state[params[key[9:]]]["momentum_buffer"] = buf.clone()
+            param = params[key[9:]]
+            optimizer.state[param]["momentum_buffer"] = buf.to(param.device, copy=True)
     step = int(record["step"])
     scheduler.last_epoch = step  # continue the schedule where the checkpoint left it
     for group, base_lr, factor in zip(
         optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
     ):
         group["lr"] = base_lr * factor(step)
-    console.print(f"resuming {run_dir} from step {step}")
+    written_by = int(record.get("world_size", 1))
+    console.print(f"resuming {run_dir} from step {step} (written by {written_by} process(es))")
     return step, float(record.get("elapsed_s", 0.0))
 
 

@@ -51,19 +51,20 @@ def compact_logit_difference(
     trained: TrainedModel, parts: CompactParts, split: str = "test"
 ) -> dict[str, float]:
     """Max |logit difference| between each domain's compact subnetwork and the masked model."""
-    model = trained.model.eval()
+    model, device = trained.model.eval(), trained.runtime.device
     diffs = {}
     for k, data in enumerate(trained.domains):
         subnet = ResNet26(model.arch, [data.num_classes], [len(c) for c in parts.channels[k]])
         subnet.load_state_dict(
             subnet_state_dict(parts.domain_tensors[k], parts.shared, parts.channels[k])
         )
-        subnet.eval()
+        subnet.to(device).eval()
         worst = 0.0
-        for images, _ in iterate_eval(data, split, 256):
-            x = normalize_batch(images, data.mean, data.std)
-            delta = (subnet(x) - model(x, k, trained.domain_masks(k))).abs().max()
-            worst = max(worst, float(delta))
+        with trained.runtime.full_precision():
+            for images, _ in iterate_eval(data, split, 256):
+                x = normalize_batch(images.to(device), data.mean, data.std)
+                delta = (subnet(x) - model(x, k, trained.domain_masks(k))).abs().max()
+                worst = max(worst, float(delta))
         diffs[data.name] = worst
     return diffs
 
@@ -149,14 +150,19 @@ def export_artifact(
     timing: TimingConfig | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Evaluate, prune, time and write ``model_store/<name>/<version>``; returns path and
-    manifest. Every domain must hold its budget (checked again here, exactly)."""
+    manifest. Every domain must hold its budget (checked again here, exactly). In a distributed
+    run every rank evaluates its share; only rank 0 prunes, times and writes (the others return
+    an empty manifest)."""
     timing = timing or TimingConfig()
     target = artifact_target(model_store, model_name, version)
     version = target.name
     model, arch, domains = trained.model, trained.model.arch, trained.domains
     config, resolved = trained.config, trained.costs
-    val = evaluate(model, domains, "val", trained.domain_masks)
-    test = evaluate(model, domains, "test", trained.domain_masks)
+    runtime = trained.runtime
+    val = evaluate(model, domains, "val", trained.domain_masks, runtime=runtime)
+    test = evaluate(model, domains, "test", trained.domain_masks, runtime=runtime)
+    if not runtime.is_main:
+        return target, {}
     mean_test = mean(test.values())
     parts = prune_to_compact(model, trained.masks)
     logit_diff = compact_logit_difference(trained, parts)
@@ -200,6 +206,11 @@ def export_artifact(
                 "val_accuracy": val[data.name],
                 "test_accuracy": test[data.name],
                 "max_compact_logit_diff": logit_diff[data.name],
+                **(
+                    {"test_split": data.provenance["test_split"]}
+                    if "test_split" in data.provenance
+                    else {}
+                ),
             }
         )
     table = resolved.table
@@ -245,6 +256,8 @@ def export_artifact(
         "training": {
             "config": _jsonable(asdict(config)),
             "wall_time_s": round(trained.wall_time_s, 2),
+            "world_size": runtime.world_size,
+            "device": runtime.device.type,
         },
         "domains": entries,
     }

@@ -2,7 +2,9 @@
 
 All weights train; each source domain has its own BN set and head and the domains' batches are
 interleaved in every step. Writes ``backbone.safetensors`` + ``backbone.json`` and keeps a
-``checkpoint.safetensors`` + ``checkpoint.json`` to resume from.
+``checkpoint.safetensors`` + ``checkpoint.json`` to resume from. In a distributed run
+(``training.runtime``) every rank trains on its share of each global batch and rank 0 writes;
+the batch size is global, so a checkpoint resumes with any world size.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from multidomain.network import ResNet26, domain_tensor_name
 from multidomain.stats import mean
 from training.checkpoint import remove_checkpoint, resume_checkpoint, write_checkpoint
 from training.common import console, evaluate, seed_everything, write_tensors
-from training.data import DomainData, DomainFeeder
+from training.data import DomainData, TrainBatches
 from training.errors import RunError
-from training.loop import train_steps
+from training.loop import StepNetwork, train_steps
+from training.runtime import Runtime
 
 __all__ = [
     "BACKBONE_RECORD",
@@ -79,8 +82,12 @@ def pretrain_backbone(
     config: PretrainConfig,
     run_dir: Path,
     init_from: Path | None = None,
+    runtime: Runtime | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume training) the backbone on ``domains``; returns the JSON record."""
+    """Train (or resume training) the backbone on ``domains``; returns the JSON record.
+    ``config.batch_size`` is per domain and step over all ranks of ``runtime``."""
+    runtime = runtime or Runtime()
+    runtime.check_batch_size(config.batch_size)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
@@ -93,6 +100,7 @@ def pretrain_backbone(
             if own[k].shape != v.shape:
                 raise RunError(f"{init_from}: tensor {k} has another architecture's shape")
         model.load_state_dict(shared, strict=False)
+    runtime.place(model)
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=config.lr,
@@ -120,30 +128,36 @@ def pretrain_backbone(
         console.print(f"reusing the finished backbone in {run_dir}")
         return dict(record)
     start_step, elapsed = resume_checkpoint(run_dir, identity, model, optimizer, scheduler)
-    feeders = {
-        k: DomainFeeder(d, config.batch_size, config.seed + 7 * k + start_step)
-        for k, d in enumerate(domains)
-    }
+    seeds = {k: config.seed + 7 * k + start_step for k in range(len(domains))}
     started = time.perf_counter() - elapsed
 
     def checkpoint(done: int) -> None:
-        elapsed_s = time.perf_counter() - started
-        write_checkpoint(run_dir, identity, done, elapsed_s, model, optimizer)
+        runtime.average_buffers(model)
+        if runtime.is_main:
+            elapsed_s = time.perf_counter() - started
+            write_checkpoint(
+                run_dir, identity, done, elapsed_s, model, optimizer, runtime.world_size
+            )
 
-    train_steps(
-        model,
-        feeders,
-        optimizer,
-        config.steps,
-        "pretrain",
-        after_step=lambda _: scheduler.step(),
-        start_step=start_step,
-        checkpoint=checkpoint,
-        checkpoint_every=config.checkpoint_every,
-    )
+    with TrainBatches(
+        dict(enumerate(domains)), config.batch_size, seeds, **runtime.loader_options()
+    ) as batches:
+        train_steps(
+            runtime.wrap(StepNetwork(model)),
+            batches,
+            optimizer,
+            config.steps,
+            "pretrain",
+            runtime=runtime,
+            after_step=lambda _: scheduler.step(),
+            start_step=start_step,
+            checkpoint=checkpoint,
+            checkpoint_every=config.checkpoint_every,
+        )
     wall = time.perf_counter() - started
-    val = evaluate(model, domains, "val")
-    test = evaluate(model, domains, "test")
+    runtime.average_buffers(model)
+    val = evaluate(model, domains, "val", runtime=runtime)
+    test = evaluate(model, domains, "test", runtime=runtime)
     totals = backbone_totals(arch)
     mean_test = mean(test.values())
     record = {
@@ -155,10 +169,14 @@ def pretrain_backbone(
         "backbone_params": totals.params,
         "backbone_macs": totals.macs,
         "wall_time_s": round(wall, 2),
+        "world_size": runtime.world_size,
+        "device": runtime.device.type,
     }
-    write_tensors(run_dir / BACKBONE_WEIGHTS, model.state_dict())
-    write_json(run_dir / BACKBONE_RECORD, record)
-    remove_checkpoint(run_dir)
+    if runtime.is_main:
+        write_tensors(run_dir / BACKBONE_WEIGHTS, model.state_dict())
+        write_json(run_dir / BACKBONE_RECORD, record)
+        remove_checkpoint(run_dir)
+    runtime.barrier()  # every rank may read the backbone from here on
     console.print(
         f"backbone: mean test accuracy {mean_test:.4f} "
         + " ".join(f"{k}={v:.3f}" for k, v in test.items())

@@ -64,7 +64,7 @@ class CompactParts:
 def prune_to_compact(model: ResNet26, masks: Sequence[Tensor]) -> CompactParts:
     """Remove every mid channel no domain uses. ``masks[b]`` is a bool ``[domains, channels]``
     tensor. Keeps for each domain only the BN entries of its own channels."""
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     shared, per_domain = split_state_dict(state)
     union_indices: list[Tensor] = []
     for b, mask in enumerate(masks):

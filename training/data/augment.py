@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["train_augment"]
+__all__ = ["augment_randoms", "augment_with", "train_augment"]
 
 
 def train_augment(
@@ -21,10 +21,24 @@ def train_augment(
     """
     if images.ndim != 4:
         raise ValueError(f"expected [B, C, H, W], got {list(images.shape)}")
+    return augment_with(images, augment_randoms(images.shape[0], generator), allow_flip)
+
+
+def augment_randoms(count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The uniform random numbers ``train_augment`` uses for ``count`` images: ``[count, 5]``."""
+    return torch.rand(count, 5, generator=generator, dtype=torch.float32)
+
+
+def augment_with(images: torch.Tensor, u: torch.Tensor, allow_flip: bool) -> torch.Tensor:
+    """``train_augment`` with its random numbers given (row ``i`` for image ``i``), on the
+    images' device."""
+    if images.ndim != 4 or u.shape != (images.shape[0], 5):
+        raise ValueError(
+            f"expected [B, C, H, W] and [B, 5], got {list(images.shape)}, {list(u.shape)}"
+        )
     b = images.shape[0]
     if b == 0:
         return images.clone()
-    u = torch.rand(b, 5, generator=generator, dtype=torch.float32)
     area = 0.7 + 0.3 * u[:, 0]
     log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1]
     ratio = torch.exp(log_ratio)

@@ -6,15 +6,18 @@ import math
 import re
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from training.data.store import ImageArray
 from training.errors import DataError
 
 __all__ = [
     "SPLITS",
     "SPLIT_FRACTIONS",
+    "ChannelStats",
     "DataError",
     "DomainData",
     "check_domain_name",
@@ -33,16 +36,23 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 @dataclass
 class DomainData:
-    """One domain: label names, uint8 RGB images [N, S, S, 3] and int64 targets per split."""
+    """One domain: label names, uint8 RGB images [N, S, S, 3] and int64 targets per split.
+
+    ``images`` are numpy arrays in memory or ``ImageShard`` files of the on-disk cache (read on
+    demand); a cached domain also knows from its cache whether it is in colour (``colour``),
+    each split's digest (``digests``) and where its splits come from (``provenance``)."""
 
     name: str
     labels: list[str]
-    images: dict[str, np.ndarray]
+    images: dict[str, ImageArray]
     targets: dict[str, np.ndarray]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     allow_flip: bool
     source: str
+    colour: bool | None = None
+    digests: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -55,8 +65,11 @@ class DomainData:
     @property
     def is_colour(self) -> bool:
         """True when some train pixel has differing R, G, B values."""
-        x = self.images["train"]
-        return bool(np.any(x[..., 0] != x[..., 1]) or np.any(x[..., 1] != x[..., 2]))
+        if self.colour is None:
+            stats = ChannelStats()
+            stats.update(self.images["train"])
+            self.colour = stats.colour
+        return self.colour
 
     def counts(self) -> dict[str, int]:
         return {split: int(self.targets[split].shape[0]) for split in SPLITS}
@@ -123,18 +136,33 @@ def stratified_split(targets: np.ndarray, rng: np.random.Generator) -> dict[str,
     return {s: np.sort(np.concatenate(p)).astype(np.int64) for s, p in parts.items()}
 
 
-def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Exact per-channel mean/std (population) of uint8 images in [0, 1] via histograms."""
-    values = np.arange(256, dtype=np.float64) / 255.0
-    means, stds = [], []
-    for c in range(3):
-        hist = np.bincount(images[..., c].ravel(), minlength=256).astype(np.float64)
-        total = hist.sum()
-        mean = float((hist * values).sum() / total)
-        var = float((hist * (values - mean) ** 2).sum() / total)
-        means.append(mean)
-        stds.append(max(math.sqrt(max(var, 0.0)), 1e-3))
-    return tuple(means), tuple(stds)
+class ChannelStats:
+    """Exact per-channel mean/std (population) of uint8 images in [0, 1] via histograms, and
+    whether any pixel has differing R, G, B values; fed chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.histograms = np.zeros((3, 256), dtype=np.int64)
+        self.colour = False
+
+    def update(self, images: ImageArray, chunk: int = 4096) -> None:
+        for start in range(0, len(images), chunk):
+            x = np.asarray(images[start : start + chunk])
+            for c in range(3):
+                self.histograms[c] += np.bincount(x[..., c].ravel(), minlength=256)
+            if not self.colour:
+                self.colour = bool(np.any(x[..., 0] != x[..., 1]) or np.any(x[..., 1] != x[..., 2]))
+
+    def mean_std(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        values = np.arange(256, dtype=np.float64) / 255.0
+        means, stds = [], []
+        for c in range(3):
+            hist = self.histograms[c].astype(np.float64)
+            total = hist.sum()
+            mean = float((hist * values).sum() / total)
+            var = float((hist * (values - mean) ** 2).sum() / total)
+            means.append(mean)
+            stds.append(max(math.sqrt(max(var, 0.0)), 1e-3))
+        return (means[0], means[1], means[2]), (stds[0], stds[1], stds[2])
 
 
 def make_domain(
@@ -148,16 +176,19 @@ def make_domain(
     """A validated domain from per-split arrays; mean/std come from the train images."""
     if images["train"].size == 0:
         raise DataError(f"domain {name!r}: split 'train' is empty")
-    mean, std = _channel_stats(images["train"])
+    stats = ChannelStats()
+    stats.update(images["train"])
+    mean, std = stats.mean_std()
     domain = DomainData(
         name=name,
         labels=list(labels),
         images={s: np.ascontiguousarray(images[s], dtype=np.uint8) for s in SPLITS},
         targets={s: np.ascontiguousarray(targets[s], dtype=np.int64) for s in SPLITS},
-        mean=(mean[0], mean[1], mean[2]),
-        std=(std[0], std[1], std[2]),
+        mean=mean,
+        std=std,
         allow_flip=allow_flip,
         source=source,
+        colour=stats.colour,
     )
     domain.validate()
     return domain

@@ -1,8 +1,10 @@
 """The embedded default benchmark: five domains built from data files inside installed Python
-packages (no network), cached per domain by ``training.data.cache``."""
+packages (no network), written to the same on-disk cache as the user formats
+(``training.data.cache``) and read from it like them."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import pickle
@@ -13,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from training.data._pickle import restricted_pickle_load
-from training.data.cache import embedded_cache_dir, load_cached, save_cached
+from training.data.cache import DomainSource, SplitSource, embedded_cache_dir, load_or_build
 from training.data.domain import (
     SPLITS,
     DataError,
@@ -236,12 +238,19 @@ def build_embedded(
             raise DataError(
                 f"unknown embedded domain {name!r}; known: {', '.join(EMBEDDED_DOMAINS)}"
             )
-        domain = load_cached(folder, name, image_size, seed)
-        if domain is None:
-            domain = _BUILDERS[name](name, image_size, seed)
-            save_cached(folder, domain, image_size, seed)
-        out[name] = domain
+        key = {"kind": "embedded", "name": name, "image_size": image_size, "seed": seed}
+        build = functools.partial(_source, name, image_size, seed)
+        out[name] = load_or_build(folder / name, key, build, image_size).domain()
     return out
+
+
+def _source(name: str, image_size: int, seed: int) -> DomainSource:
+    """An embedded domain built in memory (it is small), as the cache's input."""
+    domain = _BUILDERS[name](name, image_size, seed)
+    splits = {
+        s: SplitSource(domain.targets[s], images=np.asarray(domain.images[s])) for s in SPLITS
+    }
+    return DomainSource(name, domain.labels, domain.allow_flip, domain.source, splits)
 
 
 def build_embedded_benchmark(
@@ -249,7 +258,8 @@ def build_embedded_benchmark(
 ) -> dict[str, DomainData]:
     """All embedded domains, built from files inside installed packages (no network).
 
-    Results are cached per domain (``.npz`` + JSON sidecar) under
-    ``cache_dir/embedded-s{image_size}-seed{seed}``; a second call only loads them.
+    Each domain is cached (``training.data.cache``) under
+    ``cache_dir/embedded-s{image_size}-seed{seed}/<name>``; a second call only opens the cache:
+    the images stay on disk and are read when a batch needs them.
     """
     return build_embedded(cache_dir, image_size, seed, EMBEDDED_DOMAINS)

@@ -56,16 +56,19 @@ def plan_domains(spec: Sequence[str], image_size: int) -> DomainPlan:
 
 
 def load_domains(
-    spec: Sequence[str], cache_dir: Path, image_size: int, seed: int
+    spec: Sequence[str], cache_dir: Path, image_size: int, seed: int, workers: int = 0
 ) -> dict[str, DomainData]:
-    """Load domains from spec items, in order, after checking them all (``plan_domains``).
+    """Load domains from spec items, in order, after checking them all (``plan_domains``),
+    through the on-disk cache under ``cache_dir`` (user images are decoded into it once, by
+    ``workers`` processes).
 
     Items: ``embedded`` (all embedded domains), ``embedded:<name>``,
     ``imagefolder:<name>=<path>`` or ``decathlon:<name>=<path>``.
     """
     plan = plan_domains(spec, image_size)
+    cache_dir = Path(cache_dir)
     embedded = build_embedded(
-        Path(cache_dir), image_size, seed, [n for k, n, _ in plan if k == "embedded"]
+        cache_dir, image_size, seed, [n for k, n, _ in plan if k == "embedded"]
     )
     out: dict[str, DomainData] = {}
     for kind, name, path in plan:
@@ -73,8 +76,8 @@ def load_domains(
             out[name] = embedded[name]
         elif kind == "imagefolder":
             assert path is not None
-            out[name] = load_imagefolder_domain(path, name, image_size, seed)
+            out[name] = load_imagefolder_domain(path, name, image_size, cache_dir, seed, workers)
         else:
             assert path is not None
-            out[name] = load_decathlon_domain(path, name, image_size, seed)
+            out[name] = load_decathlon_domain(path, name, image_size, cache_dir, seed, workers)
     return out

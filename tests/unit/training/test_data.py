@@ -1,4 +1,5 @@
-"""Tests for training.data: embedded benchmark, user formats, bad inputs, torch helpers."""
+"""Tests for training.data: embedded benchmark, the cache, ImageFolder, bad inputs, batches.
+The Decathlon format has its own file (test_decathlon.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +20,14 @@ from training.data import (
     EMBEDDED_DOMAINS,
     SPLITS,
     DataError,
-    DomainBatches,
     DomainData,
+    ImageShard,
     RestrictedUnpickler,
+    StepSampler,
     benchmark_digest,
     build_embedded_benchmark,
     embedded_cache_dir,
     iterate_eval,
-    load_decathlon_domain,
     load_domains,
     load_imagefolder_domain,
     print_summary,
@@ -42,7 +44,7 @@ def _assert_same(a: dict[str, DomainData], b: dict[str, DomainData]) -> None:
         assert a[name].labels == b[name].labels
         assert a[name].mean == b[name].mean and a[name].std == b[name].std
         for split in SPLITS:
-            assert a[name].images[split].tobytes() == b[name].images[split].tobytes()
+            assert a[name].images[split][:].tobytes() == b[name].images[split][:].tobytes()
             assert a[name].targets[split].tobytes() == b[name].targets[split].tobytes()
 
 
@@ -71,17 +73,17 @@ def test_embedded_domains_shape_and_content(embedded_domains: dict[str, DomainDa
     assert not embedded_domains["mnist"].allow_flip and not embedded_domains["digits"].allow_flip
     colour = [n for n, d in embedded_domains.items() if d.is_colour]
     assert "textures" in colour
-    x = embedded_domains["textures"].images["train"].astype(np.int16)
+    x = embedded_domains["textures"].images["train"][:].astype(np.int16)
     assert np.abs(x[..., 0] - x[..., 1]).mean() > 5
 
 
 def test_mean_std_from_train_split_only(embedded_domains: dict[str, DomainData]) -> None:
     for d in embedded_domains.values():
-        train = d.images["train"].reshape(-1, 3).astype(np.float64) / 255.0
+        train = d.images["train"][:].reshape(-1, 3).astype(np.float64) / 255.0
         np.testing.assert_allclose(d.mean, train.mean(axis=0), rtol=0, atol=1e-9)
         np.testing.assert_allclose(d.std, np.maximum(train.std(axis=0), 1e-3), rtol=0, atol=1e-9)
     d = embedded_domains["digits"]
-    everything = np.concatenate([d.images[s] for s in SPLITS]).reshape(-1, 3) / 255.0
+    everything = np.concatenate([d.images[s][:] for s in SPLITS]).reshape(-1, 3) / 255.0
     assert abs(everything.mean(axis=0)[0] - d.mean[0]) > 1e-6
 
 
@@ -90,10 +92,16 @@ def test_cache_files_and_reload(
 ) -> None:
     folder = embedded_cache_dir(embedded_cache_root, 32, 0)
     assert folder.name == "embedded-s32-seed0"
-    for name in EMBEDDED_DOMAINS:
-        assert (folder / f"{name}.npz").is_file() and (folder / f"{name}.json").is_file()
-        meta = json.loads((folder / f"{name}.json").read_text())
-        assert meta["labels"] == embedded_domains[name].labels
+    for name, domain in embedded_domains.items():
+        meta = json.loads((folder / name / "cache.json").read_text())
+        assert meta["labels"] == domain.labels
+        assert meta["key"] == {"kind": "embedded", "name": name, "image_size": 32, "seed": 0}
+        for split in SPLITS:  # the images stay on disk, read when needed
+            assert isinstance(domain.images[split], ImageShard)
+            assert domain.images[split].path == folder / name / f"{split}.images.npy"
+            assert np.load(folder / name / f"{split}.targets.npy").tolist() == (
+                domain.targets[split].tolist()
+            )
     assert not [p for p in folder.iterdir() if ".tmp" in p.name]
     again = build_embedded_benchmark(embedded_cache_root, 32, 0)
     _assert_same(embedded_domains, again)
@@ -113,15 +121,31 @@ def test_other_seed_changes_digest(embedded_domains: dict[str, DomainData], tmp_
     seed1 = load_domains(subset, tmp_path, 32, 1)
     seed0 = {n: embedded_domains[n] for n in ("faces", "digits")}
     assert benchmark_digest(seed1) != benchmark_digest(seed0)
-    assert (tmp_path / "embedded-s32-seed1" / "faces.npz").is_file()
+    assert (tmp_path / "embedded-s32-seed1" / "faces" / "cache.json").is_file()
 
 
-def test_corrupt_cache_is_rebuilt(embedded_domains: dict[str, DomainData], tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "sidecar"])
+def test_corrupt_cache_is_rebuilt(
+    embedded_domains: dict[str, DomainData],
+    tmp_path: Path,
+    damage: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     load_domains(["embedded:faces"], tmp_path, 32, 0)
-    npz = tmp_path / "embedded-s32-seed0" / "faces.npz"
-    npz.write_bytes(npz.read_bytes()[:-10] + b"0123456789")
+    folder = tmp_path / "embedded-s32-seed0" / "faces"
+    shard = folder / "val.images.npy"
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:-10])
+    elif damage == "overwrite":  # same size; the modification time tells
+        time.sleep(0.05)  # past the file system's timestamp granularity
+        shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
+    else:  # a cache of another image size under this name
+        meta = json.loads((folder / "cache.json").read_text())
+        meta["key"]["image_size"] = 16
+        (folder / "cache.json").write_text(json.dumps(meta))
     again = load_domains(["embedded:faces"], tmp_path, 32, 0)
     _assert_same({"faces": embedded_domains["faces"]}, again)
+    assert "rebuilding" in caplog.text
 
 
 def test_print_summary(embedded_domains: dict[str, DomainData]) -> None:
@@ -186,17 +210,24 @@ def _colour_of(images: np.ndarray) -> np.ndarray:
 
 def test_imagefolder_flat_layout(tmp_path: Path) -> None:
     _flat_tree(tmp_path / "tree")
-    d = load_imagefolder_domain(tmp_path / "tree", "shapes", 16, seed=3)
+    cache = tmp_path / "cache"
+    d = load_imagefolder_domain(tmp_path / "tree", "shapes", 16, cache, seed=3)
     assert d.labels == ["ant", "bee", "cat"]
     assert d.counts() == {"train": 18, "val": 6, "test": 6}
     for split in SPLITS:
         assert d.images[split].shape[1:] == (16, 16, 3)
         expected = np.asarray([COLOURS[[1, 2, 0][t]] for t in d.targets[split]], dtype=float)
-        np.testing.assert_allclose(_colour_of(d.images[split]), expected, atol=3)
-    again = load_imagefolder_domain(tmp_path / "tree", "shapes", 16, seed=3)
+        np.testing.assert_allclose(_colour_of(d.images[split][:]), expected, atol=3)
+    again = load_imagefolder_domain(tmp_path / "tree", "shapes", 16, cache, seed=3)
     assert benchmark_digest({"s": again}) == benchmark_digest({"s": d})
-    other = load_imagefolder_domain(tmp_path / "tree", "shapes", 16, seed=4)
+    other = load_imagefolder_domain(tmp_path / "tree", "shapes", 16, cache, seed=4)
     assert benchmark_digest({"s": other}) != benchmark_digest({"s": d})
+    assert len(list((cache / "imagefolder").iterdir())) == 2
+    # an image added to the tree: another source list, another cache
+    _save(tmp_path / "tree" / "ant" / "extra.png", COLOURS[1])
+    more = load_imagefolder_domain(tmp_path / "tree", "shapes", 16, cache, seed=3)
+    assert sum(more.counts().values()) == 31
+    assert len(list((cache / "imagefolder").iterdir())) == 3
 
 
 def test_imagefolder_split_layout(tmp_path: Path) -> None:
@@ -205,60 +236,21 @@ def test_imagefolder_split_layout(tmp_path: Path) -> None:
         for c, name in enumerate(["red", "green"]):
             for i in range(n):
                 _save(root / split / name / f"{i}.{'png' if i % 2 else 'jpg'}", COLOURS[c])
-    d = load_imagefolder_domain(root, "rg", 8)
+    d = load_imagefolder_domain(root, "rg", 8, tmp_path / "cache")
     assert d.labels == ["green", "red"]
     assert d.counts() == {"train": 6, "val": 4, "test": 2}
     assert list(d.targets["test"]) == [0, 1]
     assert d.is_colour
 
 
-def _decathlon_tree(root: Path, name: str = "toy", drop_test_annotations: bool = False) -> None:
-    k = 4
-    cats = [(k * 10**7 + c, f"class{c}") for c in (3, 1, 2)]  # unsorted on purpose
-    image_id = 0
-    for split in SPLITS:
-        images, annotations = [], []
-        for cat_id, _ in cats:
-            for _ in range(2):
-                image_id += 1
-                rel = f"data/{name}/{split}/{cat_id}/{image_id}.jpg"
-                _save(root / rel, COLOURS[cat_id % 10 - 1], size=(72, 90))
-                images.append({"id": image_id, "file_name": rel, "width": 72, "height": 90})
-                annotations.append({"id": image_id, "image_id": image_id, "category_id": cat_id})
-        if drop_test_annotations and split == "test":
-            annotations = []
-        obj = {
-            "images": images,
-            "annotations": annotations,
-            "categories": [{"id": i, "name": n} for i, n in cats],
-        }
-        path = root / "annotations" / f"{name}_{split}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(obj))
-
-
-def test_decathlon_layout(tmp_path: Path) -> None:
-    _decathlon_tree(tmp_path)
-    d = load_decathlon_domain(tmp_path, "toy", 16)
-    assert d.labels == ["class1", "class2", "class3"]
-    assert d.counts() == {"train": 6, "val": 6, "test": 6}
-    for split in SPLITS:
-        assert sorted(d.targets[split].tolist()) == [0, 0, 1, 1, 2, 2]
-        expected = np.asarray([COLOURS[t] for t in d.targets[split]], dtype=float)
-        np.testing.assert_allclose(_colour_of(d.images[split]), expected, atol=3)
-
-
 def test_load_domains_mixed_spec(tmp_path: Path) -> None:
     _flat_tree(tmp_path / "tree", per_class=4)
-    _decathlon_tree(tmp_path / "dec")
-    spec = [
-        f"imagefolder:mine={tmp_path / 'tree'}",
-        "embedded:faces",
-        f"decathlon:toy={tmp_path / 'dec'}",
-    ]
-    out = load_domains(spec, tmp_path / "cache", 16, 0)
-    assert list(out) == ["mine", "faces", "toy"]
-    assert out["faces"].image_size == 16
+    spec = [f"imagefolder:mine={tmp_path / 'tree'}", "embedded:faces"]
+    out = load_domains(spec, tmp_path / "cache", 16, 0, workers=2)
+    assert list(out) == ["mine", "faces"]
+    assert out["faces"].image_size == 16 and out["mine"].image_size == 16
+    single = load_domains(spec, tmp_path / "other", 16, 0, workers=0)
+    assert benchmark_digest(single) == benchmark_digest(out)  # worker processes change nothing
 
 
 # ---------------------------------------------------------------------------- bad inputs
@@ -273,7 +265,7 @@ def _one_line_error(excinfo: pytest.ExceptionInfo[DataError], *needles: str) -> 
 
 def test_missing_path(tmp_path: Path) -> None:
     with pytest.raises(DataError) as e:
-        load_imagefolder_domain(tmp_path / "nope", "x", 16)
+        load_imagefolder_domain(tmp_path / "nope", "x", 16, tmp_path)
     _one_line_error(e, str(tmp_path / "nope"))
     with pytest.raises(DataError) as e:
         load_domains([f"decathlon:x={tmp_path / 'gone'}"], tmp_path, 16, 0)
@@ -284,7 +276,7 @@ def test_single_class_folder(tmp_path: Path) -> None:
     for i in range(5):
         _save(tmp_path / "only" / f"{i}.png", COLOURS[0])
     with pytest.raises(DataError) as e:
-        load_imagefolder_domain(tmp_path, "x", 16)
+        load_imagefolder_domain(tmp_path, "x", 16, tmp_path / "cache")
     _one_line_error(e, str(tmp_path), "2 class")
 
 
@@ -294,7 +286,7 @@ def test_truncated_png_names_file(tmp_path: Path) -> None:
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError) as e:
-        load_imagefolder_domain(tmp_path / "tree", "x", 16)
+        load_imagefolder_domain(tmp_path / "tree", "x", 16, tmp_path / "cache")
     _one_line_error(e, str(bad))
 
 
@@ -303,7 +295,7 @@ def test_garbage_jpg_names_file(tmp_path: Path) -> None:
     bad = tmp_path / "tree" / "ant" / "zzz.jpg"
     bad.write_bytes(b"this is not a jpeg" * 10)
     with pytest.raises(DataError) as e:
-        load_imagefolder_domain(tmp_path / "tree", "x", 16)
+        load_imagefolder_domain(tmp_path / "tree", "x", 16, tmp_path / "cache")
     _one_line_error(e, str(bad))
 
 
@@ -311,26 +303,8 @@ def test_empty_split(tmp_path: Path) -> None:
     for c, name in enumerate(["a", "b"]):
         _save(tmp_path / name / "0.png", COLOURS[c])
     with pytest.raises(DataError) as e:
-        load_imagefolder_domain(tmp_path, "x", 16)
+        load_imagefolder_domain(tmp_path, "x", 16, tmp_path / "cache")
     _one_line_error(e, "empty")
-
-
-def test_decathlon_annotation_for_missing_image(tmp_path: Path) -> None:
-    _decathlon_tree(tmp_path)
-    path = tmp_path / "annotations" / "toy_val.json"
-    obj = json.loads(path.read_text())
-    obj["annotations"].append({"id": 999, "image_id": 12345, "category_id": 40000001})
-    path.write_text(json.dumps(obj))
-    with pytest.raises(DataError) as e:
-        load_decathlon_domain(tmp_path, "toy", 16)
-    _one_line_error(e, str(path), "12345")
-
-
-def test_decathlon_unlabelled_test_split(tmp_path: Path) -> None:
-    _decathlon_tree(tmp_path, drop_test_annotations=True)
-    with pytest.raises(DataError) as e:
-        load_decathlon_domain(tmp_path, "toy", 16)
-    _one_line_error(e, "toy_test.json", "no annotations")
 
 
 @pytest.mark.parametrize(
@@ -353,18 +327,19 @@ def _tiny_domain(n: int = 10, size: int = 8) -> DomainData:
     return DomainData("tiny", ["a", "b"], images, targets, (0.5,) * 3, (0.25,) * 3, True, "test")
 
 
-def test_domain_batches_epochs_and_determinism() -> None:
-    d = _tiny_domain(10)
-    batches = DomainBatches(d, "train", seed=1)
-    seen = [batches.next_batch(5) for _ in range(2)]
-    images = torch.cat([x for x, _ in seen])
-    assert images.shape == (10, 3, 8, 8) and images.dtype == torch.uint8
-    stored = torch.from_numpy(d.images["train"]).permute(0, 3, 1, 2)
-    assert sorted(images.flatten(1).sum(1).tolist()) == sorted(stored.flatten(1).sum(1).tolist())
-    big_x, big_y = batches.next_batch(25)
-    assert big_x.shape[0] == 25 and big_y.shape == (25,) and big_y.dtype == torch.int64
-    again = DomainBatches(d, "train", seed=1)
-    assert torch.equal(again.next_batch(5)[0], seen[0][0])
+def test_step_sampler_epochs_shares_and_determinism() -> None:
+    sampler = StepSampler({0: 10, 1: 3}, 5, {0: 1, 1: 2})
+    steps = iter(sampler)
+    first, second = next(steps), next(steps)
+    assert sorted([*first[0], *second[0]]) == list(range(10))  # one epoch of domain 0
+    assert all(len(plan[1]) == 5 for plan in (first, second))  # domain 1 crosses epochs
+    assert sorted(first[1][:3].tolist()) == [0, 1, 2]
+    again = next(iter(sampler))  # every iteration starts from the seeds
+    assert all(np.array_equal(again[k], first[k]) for k in (0, 1))
+    halves = [next(iter(StepSampler({0: 10, 1: 3}, 5, {0: 1, 1: 2}, r, 2))) for r in (0, 1)]
+    for k in (0, 1):  # rank shares are contiguous parts of the same global batch
+        assert np.array_equal(np.concatenate([h[k] for h in halves]), first[k])
+        assert [len(h[k]) for h in halves] == [2, 3]
 
 
 def test_iterate_eval_in_order() -> None:

@@ -9,12 +9,12 @@ from torch import nn
 
 from multidomain.network import ResNet26
 from tests.unit.training.synthetic import ARCH
-from training.data import DomainData, DomainFeeder
-from training.loop import ExtraLoss, train_steps
+from training.data import DomainData, TrainBatches
+from training.loop import ExtraLoss, StepNetwork, train_steps
 
 
-def _feeders(domains: list[DomainData]) -> dict[int, DomainFeeder]:
-    return {k: DomainFeeder(d, 8, 10 + k) for k, d in enumerate(domains)}
+def _batches(domains: list[DomainData]) -> TrainBatches:
+    return TrainBatches(dict(enumerate(domains)), 8, {k: 10 + k for k in range(len(domains))})
 
 
 def test_loop_runs_the_extra_loss_hooks_and_checkpoints(domains: list[DomainData]) -> None:
@@ -27,12 +27,11 @@ def test_loop_runs_the_extra_loss_hooks_and_checkpoints(domains: list[DomainData
         masked.append(domain)
 
     history = train_steps(
-        model,
-        _feeders(domains),
+        StepNetwork(model, masks_for),
+        _batches(domains),
         optimizer,
         6,
         "test",
-        masks_for=masks_for,
         extra_loss=lambda step: ExtraLoss(extra_weight * 1.0, {"max_cost": step / 10}),
         after_step=after.append,
         start_step=1,
@@ -55,11 +54,10 @@ def test_loop_loss_is_the_mean_cross_entropy_over_domains(domains: list[DomainDa
     reference = ResNet26(ARCH, [d.num_classes for d in domains])
     reference.load_state_dict(model.state_dict())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no update: compare one step
-    (row,) = train_steps(model, _feeders(domains), optimizer, 1, "test")
+    (row,) = train_steps(StepNetwork(model), _batches(domains), optimizer, 1, "test")
     reference.train()
     expected = 0.0
     with torch.no_grad():
-        for k, feeder in _feeders(domains).items():
-            images, targets = feeder.next()
+        for k, (images, targets) in _batches(domains).next().items():
             expected += float(nn.functional.cross_entropy(reference(images, k), targets)) / 2
     assert row["ce"] == pytest.approx(expected, rel=1e-5)
