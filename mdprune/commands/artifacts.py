@@ -23,7 +23,8 @@ def verify(path: ArtifactArg) -> None:
 
     Checks the manifest's schema, the weights' hash and every tensor's shape."""
     with clean_errors():
-        from multidomain.artifact import find_artifact, load_artifact
+        from multidomain.artifact import load_artifact
+        from multidomain.store import find_artifact
 
         artifact = load_artifact(find_artifact(path))
         group = artifact.manifest.get("channel_group", 1)
@@ -69,8 +70,9 @@ def predict_decathlon(
 
     Writes the challenge's results file [{image_id, category_id}] from an artifact."""
     with clean_errors():
-        from multidomain.artifact import find_artifact, load_artifact
+        from multidomain.artifact import load_artifact
         from multidomain.files import write_json
+        from multidomain.store import find_artifact
         from training.predict import predict_decathlon as predict
 
         runtime = make_runtime(device, workers)
@@ -111,7 +113,8 @@ def torchserve_export(
 
     Writes <model-store>/<name>.mar: the handler, the artifact and the code it needs."""
     with clean_errors():
-        from multidomain.artifact import find_artifact, load_artifact
+        from multidomain.artifact import load_artifact
+        from multidomain.store import find_artifact
         from torchserving.export import TorchServeModelConfig, export_mar
 
         path = find_artifact(path)

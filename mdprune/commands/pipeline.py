@@ -156,7 +156,8 @@ def _announce_when_ready(ready_url: str, message: str, interval_s: float = 0.2) 
 
 def _verified_version(model_store: Path, model_name: str, version: str | None) -> Path | None:
     """The newest complete version (or ``version``) if it loads and verifies, else None."""
-    from multidomain.artifact import ArtifactError, load_artifact, resolve_artifact
+    from multidomain.artifact import ArtifactError, load_artifact
+    from multidomain.store import resolve_artifact
 
     try:
         path = resolve_artifact(model_store, model_name, version or "latest")
