@@ -24,7 +24,7 @@ from mdprune.commands.profile import write_latency_table
 
 if TYPE_CHECKING:
     from multidomain.arch import ArchSpec
-    from training.budget import BudgetConfig
+    from training.budget_config import BudgetConfig
     from training.runtime import Runtime
 
 
@@ -170,7 +170,7 @@ def budget_config(
     latency_batch: int | None = None,
 ) -> BudgetConfig:
     from multidomain.groups import resolve_channel_group
-    from training.budget import BudgetConfig
+    from training.budget_config import BudgetConfig
 
     budget, per_domain = _parse_budgets(budgets)
     return BudgetConfig(
@@ -195,7 +195,7 @@ def check_budget(
     trained, the group divides every width, the latency table fits (profiled first into
     ``profile_to`` if given), no budget is below the floor."""
     from multidomain.groups import check_channel_group
-    from training.budget import budget_costs
+    from training.budget_config import budget_costs
     from training.data import plan_domains
 
     config.check_domains([name for _, name, _ in plan_domains(domains, arch.image_size)])
