@@ -62,6 +62,13 @@ class ServiceSettings(BaseSettings):
     max_batch_size: int = Field(
         default=32, ge=1, le=256, description="Largest micro-batch per domain."
     )
+    inline_decode_bytes: int = Field(
+        default=16384,
+        ge=0,
+        description="A request whose image bytes total at most this is decoded on the event "
+        "loop, skipping the hop to the preprocessing threads (cheaper for small images); 0 "
+        "sends every image to the threads.",
+    )
     max_wait_ms: float = Field(
         default=5.0,
         ge=0,
