@@ -128,6 +128,7 @@ async def _load(state: ServiceState) -> None:
     )
     state.model = model
     state.ready = not state.draining
+    state.metrics.ready.set(int(state.ready))
     logger.info(
         "ready: model %s version %s from %s, domains %s",
         model.name,

@@ -231,8 +231,8 @@ async def livez(state: State) -> Response:
 
 @router.get("/readyz", response_model=Health, responses=_ERRORS, summary="Readiness")
 async def readyz(state: State) -> Response:
-    """200 once the model is loaded and warmed up; 503 while loading, when shutting down and
-    when a domain cannot be served."""
+    """200 once the model is loaded and warmed up (with several worker processes: in every
+    one); 503 while loading, when shutting down and when a domain cannot be served."""
     if state.draining:
         message = "the service is shutting down"
     elif state.load_error is not None:
@@ -241,6 +241,10 @@ async def readyz(state: State) -> Response:
         message = "the model is loading"
     elif state.engine is not None and state.engine.failed_domains():
         message = "a domain's worker has died (see /livez)"
+    elif state.settings.workers > 1 and (ready := state.metrics.ready_workers()) < (
+        state.settings.workers
+    ):
+        message = f"{ready} of {state.settings.workers} worker processes are ready"
     else:
         return JSONResponse({"status": "ready"})
     return error_response(503, "not_ready", message)
@@ -254,7 +258,7 @@ async def readyz(state: State) -> Response:
 )
 async def metrics(request: Request, state: State) -> Response:
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
-    return Response(encode(state.metrics.registry), headers={"Content-Type": content_type})
+    return Response(encode(state.metrics.exposition), headers={"Content-Type": content_type})
 
 
 def _begin(state: ServiceState, domain: str) -> tuple[ServedModel, ServedDomain, float, float]:

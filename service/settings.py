@@ -49,6 +49,13 @@ class ServiceSettings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", min_length=1, description="Interface to bind.")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port to bind.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes serving the port, each with its own event loop, engine "
+        "and threads (more than 1: a supervisor process starts them, see service.workers).",
+    )
     torch_threads: int = Field(
         default=DEFAULTS.torch_threads,
         ge=1,
