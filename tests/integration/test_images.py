@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.docker_engine import (
     BOOTSTRAP_BASE,
@@ -219,7 +220,20 @@ def test_trained_in_the_trainer_image_served_by_the_service_image(
             headers={"Content-Type": "image/png"},
         )
         assert bad.status_code == 422, bad.text
-        assert 'mdp_requests_total{domain="digits"' in client.get("/metrics").text
+
+        def counted() -> dict[tuple[str, str], float]:
+            return {
+                (sample.labels["domain"], sample.labels["status"]): sample.value
+                for family in text_string_to_metric_families(client.get("/metrics").text)
+                for sample in family.samples
+                if sample.name == "mdp_requests_total"
+            }
+
+        # a response is counted as its handler returns, just after the client has it
+        deadline = time.monotonic() + 10
+        while counted().get(("digits", "422")) != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert counted()[("digits", "200")] == 1 and counted()[("digits", "422")] == 1
 
     # non-root, read-only root file system, read-only model store, python as PID 1
     assert docker("exec", name, "id", "-u").stdout.strip() == SERVICE_UID
