@@ -29,9 +29,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import psutil
 from _results import write_results
 from loadgen import export_revision, fastapi_server
-import psutil
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
