@@ -61,9 +61,8 @@ def env_name(name: str) -> str:
 @dataclass(frozen=True)
 class ServingSettings:
     """Settings of the model side, with their defaults. The TorchServe handler reads them all
-    with :meth:`load`; the service declares ``torch_threads`` and ``max_image_pixels`` among its
-    pydantic settings with these defaults and uses ``default_top_k`` as the default of its
-    ``top_k`` parameter (not a setting there). Every value is an integer >= 1."""
+    with :meth:`load`; the service declares them all among its pydantic settings with these
+    defaults. Every value is an integer >= 1."""
 
     torch_threads: int = 1  # intra-op threads of a forward pass
     max_image_pixels: int = 4096 * 4096  # largest width*height, checked before decoding

@@ -21,6 +21,7 @@ from service.errors import (
     Unauthorized,
     error_response,
 )
+from service.oip import OIP_PREFIX, oip_status
 from service.settings import ServiceSettings
 from service.state import ServiceState
 
@@ -38,9 +39,12 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnect, _client_disconnect)
 
 
-def service_error_response(exc: ServiceError, settings: ServiceSettings) -> JSONResponse:
+def service_error_response(
+    exc: ServiceError, settings: ServiceSettings, *, oip: bool = False
+) -> JSONResponse:
     """The answer to a service error: its status (the configured one for overload), error body
-    and headers (``Retry-After``, ``WWW-Authenticate``, ``Connection: close``)."""
+    (the Open Inference Protocol's with ``oip``) and headers (``Retry-After``,
+    ``WWW-Authenticate``, ``Connection: close``)."""
     status = settings.overload_status if isinstance(exc, Overloaded) else exc.status
     headers = {}
     if isinstance(exc, Overloaded | NotReady):
@@ -49,7 +53,20 @@ def service_error_response(exc: ServiceError, settings: ServiceSettings) -> JSON
         headers["WWW-Authenticate"] = WWW_AUTHENTICATE
     elif isinstance(exc, BodyTimeout):
         headers["Connection"] = "close"  # the rest of a slow body is not worth waiting for
-    return error_response(status, exc.type, exc.message, headers)
+    return _respond(oip, status, exc.type, exc.message, headers)
+
+
+def _respond(
+    oip: bool, status: int, type_: str, message: str, headers: dict[str, str]
+) -> JSONResponse:
+    """The one error body, or under ``/v2`` the Open Inference Protocol's ``{"error": ...}``."""
+    if oip:
+        return JSONResponse({"error": message}, status_code=oip_status(status), headers=headers)
+    return error_response(status, type_, message, headers)
+
+
+def _is_oip(request: Request) -> bool:
+    return request.url.path.startswith(OIP_PREFIX)
 
 
 def _count(request: Request, reason: str) -> None:
@@ -60,7 +77,7 @@ def _count(request: Request, reason: str) -> None:
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     _count(request, exc.reason)
-    return service_error_response(exc, request.app.state.service.settings)
+    return service_error_response(exc, request.app.state.service.settings, oip=_is_oip(request))
 
 
 async def _client_disconnect(request: Request, exc: Exception) -> JSONResponse:
@@ -80,7 +97,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         message = str(exc.detail) if exc.detail else HTTPStatus(status).phrase
     type_ = _HTTP_TYPES.get(status, "http_error")
     _count(request, type_)
-    return error_response(status, type_, message, dict(exc.headers or {}))
+    return _respond(_is_oip(request), status, type_, message, dict(exc.headers or {}))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -90,4 +107,5 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for error in exc.errors()
     ]
     _count(request, "invalid_request")
-    return error_response(422, "invalid_request", "invalid request: " + "; ".join(problems))
+    message = "invalid request: " + "; ".join(problems)
+    return _respond(_is_oip(request), 422, "invalid_request", message, {})

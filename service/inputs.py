@@ -27,7 +27,7 @@ async def read_single_image(request: Request, max_body_bytes: int) -> bytes:
     """The image of a single-prediction request (raw ``image/*`` body, or field ``file``)."""
     kind = media_type(request)
     if kind.startswith("image/"):
-        return await _read_body(request, max_body_bytes)
+        return await read_body(request, max_body_bytes)
     if kind == MULTIPART:
         files = await _read_files(request, SINGLE_FIELD, max_body_bytes)
         if len(files) != 1:
@@ -68,7 +68,8 @@ def _check_declared_length(request: Request, limit: int) -> None:
         raise BodyTooLarge(f"the request body has {declared} bytes; the limit is {limit}")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, at most ``limit`` bytes (``BodyTooLarge`` beyond)."""
     _check_declared_length(request, limit)
     body = bytearray()
     async for chunk in request.stream():

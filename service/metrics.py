@@ -161,6 +161,29 @@ class ServiceMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.version_requests = Counter(
+            "mdp_model_version_requests_total",
+            "Responses by the model version that computed them (the versions served now and "
+            "just before only).",
+            ["version"],
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "mdp_model_reloads_total",
+            "Switches to another model version without a restart.",
+            registry=registry,
+        )
+        self.reload_failures = Counter(
+            "mdp_model_reload_failures_total",
+            "Model versions refused because they failed to load, verify or warm up (the "
+            "serving version stayed).",
+            registry=registry,
+        )
+        self.model_resident = Gauge(
+            "mdp_model_versions_resident",
+            "Model versions in memory: 1, and 2 while a switch drains the old version.",
+            registry=registry,
+        )
         ProcessCollector(registry=registry)
         self._shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         #: what /metrics answers: this registry, or every worker's values when there are several
@@ -172,6 +195,7 @@ class ServiceMetrics:
         # children by label values: the request path skips labels()'s argument handling
         self._request_counts: dict[tuple[str, int], Counter] = {}
         self._per_domain: dict[str, DomainMetrics] = {}
+        self._version_counts: dict[tuple[str], Counter] = {}
         self._create_series([UNKNOWN_DOMAIN])
         for reason in CONNECTION_REASONS:
             self.rejections.labels(domain=UNKNOWN_DOMAIN, reason=reason)
@@ -179,8 +203,9 @@ class ServiceMetrics:
     def set_model(
         self, model: str, version: str, budget: str, sharing: str, domains: Iterable[str]
     ) -> None:
-        """Record the served model and create every domain's series, so that they all exist
-        from the first scrape."""
+        """Record the served model (only: a previous version's info goes) and create every
+        domain's series, so that they all exist from the first scrape."""
+        self.model_info.clear()
         self.model_info.labels(model=model, version=version, budget=budget, sharing=sharing).set(1)
         self._domains = frozenset(domains)
         self._create_series(sorted(self._domains))
@@ -198,6 +223,22 @@ class ServiceMetrics:
                 for sample in family.samples
             )
         )
+
+    def keep_versions(self, versions: Iterable[str]) -> None:
+        """Keep the per-version series of ``versions`` only (bounded: current and previous)."""
+        keep = set(versions)
+        for (version,) in list(self._version_counts):
+            if version not in keep:
+                self.version_requests.remove(version)
+                del self._version_counts[(version,)]
+        for version in keep - {key for (key,) in self._version_counts}:
+            self._version_counts[(version,)] = self.version_requests.labels(version)
+
+    def observe_version(self, version: str) -> None:
+        """Count a response computed by model version ``version`` (one that is kept)."""
+        counter = self._version_counts.get((version,))
+        if counter is not None:
+            counter.inc()
 
     def domain_label(self, domain: str | None) -> str:
         return domain if domain is not None and domain in self._domains else UNKNOWN_DOMAIN

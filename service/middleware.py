@@ -7,10 +7,13 @@ In order, for each HTTP request:
    the logging context and returned on every response;
 2. the probes (``/livez``, ``/readyz``) go straight to the app: no key, no metrics, no access
    log;
-3. with API keys configured, a protected path without an accepted key is answered 401;
-4. a prediction request of a served domain is admitted against the in-flight bounds
-   (:class:`service.state.Admission`) before its body is read, or answered 429 at once;
-5. the response is counted and timed by domain and status (except the operational endpoints),
+3. the request is pinned to the model version served now (``ServiceState.pin``), which every
+   response names in ``X-Model-Version`` and which is counted per version;
+4. with API keys configured, a protected path without an accepted key is answered 401;
+5. a prediction request of a served domain (``/v1`` predict, ``/v2`` infer) is admitted against
+   the in-flight bounds (:class:`service.state.Admission`) before its body is read, or answered
+   429 at once (in the Open Inference Protocol's error shape under ``/v2``);
+6. the response is counted and timed by domain and status (except the operational endpoints),
    an access line is logged (successes sampled, errors always), and any unexpected exception
    becomes a generic 500 whose traceback goes to the log only.
 """
@@ -30,20 +33,33 @@ from service.errors import ServiceError, Unauthorized, error_response
 from service.exception_handlers import service_error_response
 from service.logs import ACCESS_LOGGER, REQUEST_ID, request_id_from
 from service.metrics import UNKNOWN_DOMAIN
+from service.oip import OIP_PREFIX
 from service.state import ServiceState
 
-__all__ = ["DOCS_PATHS", "OPS_PATHS", "PROBE_PATHS", "ServiceMiddleware"]
+__all__ = [
+    "DOCS_ASSETS",
+    "DOCS_PATHS",
+    "MODEL_VERSION_HEADER",
+    "OPS_PATHS",
+    "PROBE_PATHS",
+    "ServiceMiddleware",
+]
 
 logger = logging.getLogger("service")
 
 #: Health probes: always open, never counted or access-logged.
-PROBE_PATHS = frozenset({"/livez", "/readyz"})
+PROBE_PATHS = frozenset({"/livez", "/readyz", "/v2/health/live", "/v2/health/ready"})
 #: The API documentation, protectable with ``auth_docs``.
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+#: Where the documentation pages' scripts and styles are served (treated as documentation).
+DOCS_ASSETS = "/docs/assets"
+#: The response header naming the model version that computed the response.
+MODEL_VERSION_HEADER = "X-Model-Version"
 #: Operational endpoints, kept out of the per-domain request metrics.
 OPS_PATHS = PROBE_PATHS | DOCS_PATHS | {"/metrics"}
 _NOT_LOGGED = PROBE_PATHS | {"/metrics"}
 _DOMAIN_ROUTE = re.compile(r"^/v1/domains/([^/]+)(/predict(?:/batch)?/?)?$")
+_OIP_ROUTE = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?(/infer/?)?$")
 
 
 class ServiceMiddleware:
@@ -54,6 +70,7 @@ class ServiceMiddleware:
         self._protected_ops = (DOCS_PATHS if settings.auth_docs else frozenset()) | (
             {"/metrics"} if settings.auth_metrics else frozenset()
         )
+        self._protect_docs = settings.auth_docs
         self._access = logging.getLogger(ACCESS_LOGGER)
         self._sample = settings.access_log_sample
 
@@ -67,12 +84,15 @@ class ServiceMiddleware:
         REQUEST_ID.set(request_id)
         id_header = (b"x-request-id", request_id.encode())
         status = 0  # none sent yet
+        version_header: tuple[bytes, bytes] | None = None
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [*message.get("headers", ()), id_header]
+                if version_header is not None:
+                    headers.append(version_header)
                 if state.draining:
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
@@ -82,14 +102,19 @@ class ServiceMiddleware:
         if path in PROBE_PATHS:
             await self.app(scope, receive, send_with_headers)
             return
-        route = _DOMAIN_ROUTE.match(path)
+        pin = state.pin()
+        if pin is not None:
+            version_header = (b"x-model-version", pin[0].version.encode())
+        route = _DOMAIN_ROUTE.match(path) or _OIP_ROUTE.match(path)
         domain = state.metrics.domain_label(route[1] if route else None)
+        docs = path.startswith(DOCS_ASSETS)
+        ops = path in OPS_PATHS or docs
         admitted = False
         try:
             keys = state.api_keys
             if (
                 keys is not None
-                and (path not in OPS_PATHS or path in self._protected_ops)
+                and (not ops or path in self._protected_ops or (docs and self._protect_docs))
                 and not keys.accepts(presented_key(scope["headers"]))
             ):
                 raise Unauthorized(
@@ -102,7 +127,7 @@ class ServiceMiddleware:
             await self.app(scope, receive, send_with_headers)
         except ServiceError as exc:  # refused here, before the app saw the request
             state.metrics.reject(domain, exc.reason)
-            response = service_error_response(exc, state.settings)
+            response = service_error_response(exc, state.settings, oip=path.startswith(OIP_PREFIX))
             await response(scope, receive, send_with_headers)
         except asyncio.CancelledError:  # the server gave up on it (shutdown grace exceeded)
             status = status or 503
@@ -118,9 +143,13 @@ class ServiceMiddleware:
         finally:
             if admitted:
                 state.admission.leave(domain)
+            if pin is not None:
+                state.unpin(pin)
             seconds = time.perf_counter() - started
-            if path not in OPS_PATHS:
+            if not ops:
                 state.metrics.observe_request(domain, status or 500, seconds)
+                if pin is not None:
+                    state.metrics.observe_version(pin[0].version)
             if path not in _NOT_LOGGED:
                 self._log_access(scope, domain, status or 500, seconds)
 

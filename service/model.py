@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -130,12 +131,15 @@ class ServedModel(ServedArtifact):
         )
 
 
-def load_served_model(settings: ServiceSettings) -> tuple[ServedModel, dict[str, DomainModel]]:
-    """Resolve, verify and load the artifact; build every domain's compact subnetwork once.
-    Raises ``ArtifactError`` naming what is wrong, also when ``model_digest`` pins another
-    artifact (the digest is the weights file's sha256, which covers the manifest too: the
-    weights record the manifest's digest)."""
-    path = resolve_artifact(settings.model_store, settings.model_name, settings.model_version)
+def load_served_model(
+    settings: ServiceSettings, path: Path | None = None
+) -> tuple[ServedModel, dict[str, DomainModel]]:
+    """Verify and load the artifact at ``path`` (default: the one the settings name); build
+    every domain's compact subnetwork once. Raises ``ArtifactError`` naming what is wrong, also
+    when ``model_digest`` pins another artifact (the digest is the weights file's sha256, which
+    covers the manifest too: the weights record the manifest's digest)."""
+    if path is None:
+        path = resolve_artifact(settings.model_store, settings.model_name, settings.model_version)
     artifact = load_artifact(path)  # verifies the weights against the manifest's sha256
     digest = artifact.manifest["weights_sha256"]
     if settings.model_digest is not None and digest != settings.model_digest:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.types import Receive
 from torch import Tensor
 
-from multidomain.serving import DEFAULTS, ServedDomain
+from multidomain.serving import ServedDomain
 from service.engine import InferenceEngine
 from service.errors import (
     BadImage,
@@ -57,8 +57,12 @@ async def _state(request: Request) -> ServiceState:
 
 State = Annotated[ServiceState, Depends(_state)]
 TopK = Annotated[
-    int,
-    Query(ge=1, description="Number of classes to return; larger values return every class."),
+    int | None,
+    Query(
+        ge=1,
+        description="Number of classes to return; larger values return every class. "
+        "Default: the service's MDP_DEFAULT_TOP_K.",
+    ),
 ]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -160,9 +164,7 @@ def _predict_route(path: str, **options: Any) -> Callable[[_Endpoint], _Endpoint
     openapi_extra=_SINGLE_BODY,
     summary="Classify one image of a domain",
 )
-async def predict(
-    domain: str, request: Request, state: State, top_k: TopK = DEFAULTS.default_top_k
-) -> Response:
+async def predict(domain: str, request: Request, state: State, top_k: TopK = None) -> Response:
     model, served, deadline, body_deadline = _begin(state, domain)
     reading = True
     try:
@@ -175,7 +177,7 @@ async def predict(
             )
     except TimeoutError:
         raise _timed_out(reading, body_deadline, deadline) from None
-    return _json(model.encode(served, probabilities, top_k))
+    return _json(model.encode(served, probabilities, top_k or state.settings.default_top_k))
 
 
 @_predict_route(
@@ -186,7 +188,7 @@ async def predict(
     summary="Classify several images of one domain",
 )
 async def predict_batch(
-    domain: str, request: Request, state: State, top_k: TopK = DEFAULTS.default_top_k
+    domain: str, request: Request, state: State, top_k: TopK = None
 ) -> Response:
     model, served, deadline, body_deadline = _begin(state, domain)
     settings = state.settings
@@ -201,7 +203,7 @@ async def predict_batch(
             rows = await _infer(state, served, images, deadline, request.receive, batch=True)
     except TimeoutError:
         raise _timed_out(reading, body_deadline, deadline) from None
-    return _json(model.encode_batch(served, rows, top_k))
+    return _json(model.encode_batch(served, rows, top_k or state.settings.default_top_k))
 
 
 @router.get("/v1/domains", response_model=ModelSummary, responses=_ERRORS, summary="The model")

@@ -1,7 +1,7 @@
 """Service settings: environment variables with the ``MDP_`` prefix, validated at start-up.
 
-The settings the TorchServe handler reads too (``torch_threads``, ``max_image_pixels``) take
-their names and defaults from :class:`multidomain.serving.ServingSettings`.
+The settings the TorchServe handler reads too (``torch_threads``, ``max_image_pixels``,
+``default_top_k``) take their names and defaults from :class:`multidomain.serving.ServingSettings`.
 """
 
 from __future__ import annotations
@@ -181,6 +181,20 @@ class ServiceSettings(BaseSettings):
     )
     auth_docs: bool = Field(
         default=True, description="With API keys: /docs, /redoc and /openapi.json need a key."
+    )
+    model_poll_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=86400,
+        description="With model_version 'latest': seconds between checks of the store for a "
+        "newer complete version, which is then loaded, warmed up and switched to without "
+        "downtime; 0: only SIGHUP makes the service check.",
+    )
+    default_top_k: int = Field(
+        default=DEFAULTS.default_top_k,
+        ge=1,
+        description="Classes answered when a request names no top_k (the TorchServe handler "
+        "reads the same variable).",
     )
     model_digest: str | None = Field(
         default=None,

@@ -1,12 +1,20 @@
 """What the app holds while it runs: settings, metrics, admission counters and, once loaded, the
-model, the engine and the preprocessing threads; and where it is in its life (loading, ready,
-draining, failed)."""
+served version (model and engine) and the preprocessing threads; and where it is in its life
+(loading, ready, draining, failed).
+
+A request is pinned to the version that is current when it arrives (``pin``): every
+``serving()`` call while it runs returns that version, also after a rollout
+(:mod:`service.rollout`) has switched to a newer one, so that the version a response names is
+the one that computed it, and the old version is freed only once its last request is done.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
 from service.auth import ApiKeys
@@ -16,9 +24,40 @@ from service.metrics import ServiceMetrics
 from service.model import ServedModel
 from service.settings import ServiceSettings
 
-__all__ = ["Admission", "ServiceState"]
+__all__ = ["Admission", "ServedVersion", "ServiceState"]
 
-_DOMAIN_PATH = re.compile(r"^/v1/domains/([^/]+)")
+_DOMAIN_PATH = re.compile(r"^/v(?:1/domains|2/models)/([^/]+)")
+
+
+@dataclass(eq=False)
+class ServedVersion:
+    """One loaded model version and its engine, with the requests pinned to it."""
+
+    model: ServedModel
+    engine: InferenceEngine
+    users: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    def enter(self) -> None:
+        self.users += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self.idle.set()
+
+
+#: The version the running request is pinned to (each request runs in its own task).
+_PINNED: ContextVar[ServedVersion | None] = ContextVar("mdp_pinned_version", default=None)
+Pin = tuple[ServedVersion, Token[ServedVersion | None]] | None
 
 
 class Admission:
@@ -83,6 +122,8 @@ class ServiceState:
     metrics: ServiceMetrics
     admission: Admission = field(init=False)
     api_keys: ApiKeys | None = field(init=False)
+    #: the version new requests are pinned to; ``model`` and ``engine`` are its parts
+    current: ServedVersion | None = None
     model: ServedModel | None = None
     engine: InferenceEngine | None = None
     preprocess_pool: ThreadPoolExecutor | None = None
@@ -97,9 +138,39 @@ class ServiceState:
         self.api_keys = ApiKeys(self.settings.api_keys) if self.settings.auth_enabled else None
 
     def serving(self) -> tuple[ServedModel, InferenceEngine, ThreadPoolExecutor]:
-        if self.model is None or self.engine is None or self.preprocess_pool is None:
+        """The model and engine of the version the running request is pinned to (else the
+        current one), and the preprocessing threads; ``NotReady`` before the first load."""
+        version = _PINNED.get() or self.current
+        if version is None or self.preprocess_pool is None:
             raise NotReady("the model is not loaded yet; retry when /readyz answers 200")
-        return self.model, self.engine, self.preprocess_pool
+        return version.model, version.engine, self.preprocess_pool
+
+    def set_current(self, version: ServedVersion | None) -> None:
+        """Switch new requests to ``version`` (one step on the event loop: atomic for them)."""
+        self.current = version
+        self.model = version.model if version is not None else None
+        self.engine = version.engine if version is not None else None
+
+    def pin(self) -> Pin:
+        """Pin the running request to the current version until ``unpin``."""
+        version = self.current
+        if version is None:
+            return None
+        version.enter()
+        return version, _PINNED.set(version)
+
+    @staticmethod
+    def unpin(pin: Pin) -> None:
+        if pin is not None:
+            version, token = pin
+            _PINNED.reset(token)
+            version.leave()
+
+    @staticmethod
+    def pinned_version() -> str | None:
+        """The version name the running request is pinned to, if any."""
+        version = _PINNED.get()
+        return version.version if version is not None else None
 
     def begin_shutdown(self) -> None:
         """Readiness 503 from now on; answers ask clients to close their connection."""

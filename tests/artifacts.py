@@ -3,13 +3,17 @@ masks, pruned and written exactly as training exports it (no training, so it tak
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from multidomain.arch import ArchSpec
-from multidomain.artifact import write_artifact
+from multidomain.artifact import load_artifact, write_artifact
 from multidomain.network import ResNet26
+from multidomain.preprocess import eval_transform
 from training.prune import prune_to_compact
 
 TINY_DOMAINS = {
@@ -88,3 +92,20 @@ def write_tiny_artifact(
     return write_artifact(
         Path(model_store) / model_name / version, manifest, parts.shared, parts.domain_tensors
     )
+
+
+def offline_reference(artifact_path: Path) -> Callable[[str, bytes], torch.Tensor]:
+    """The offline evaluation of an artifact: a domain's class probabilities for image bytes,
+    from its compact subnetwork on ``eval_transform`` (callers pick torch's thread count)."""
+    artifact = load_artifact(artifact_path)
+    networks = {entry.name: artifact.subnet(entry.name) for entry in artifact.domains}
+
+    def reference(domain: str, data: bytes) -> torch.Tensor:
+        entry = artifact.domain(domain)
+        transform = eval_transform(entry.image_size, entry.mean, entry.std)
+        with Image.open(io.BytesIO(data)) as image:
+            x = transform(image).unsqueeze(0)
+        with torch.no_grad():
+            return torch.softmax(networks[domain](x), dim=1)[0]
+
+    return reference

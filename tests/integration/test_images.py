@@ -5,7 +5,9 @@ without a registry, see tests/docker_engine.py), trains on the embedded benchmar
 in the trainer image, then serves the result from the service image: read-only root file system,
 model store mounted read-only, published port, HEALTHCHECK, non-root user, SIGTERM within the
 grace period. The trainer runs under another uid than the service (as a Kubernetes Job and
-Deployment may), so the service can read the artifact only if it was published readable.
+Deployment may), so the service can read the artifact only if it was published readable. A
+second version trained while the service serves under load is rolled out with no failed
+request; the docs assets and the Open Inference Protocol are served from the image.
 
 Deselected from the plain test run (pytest's addopts); skipped with the reason only when no
 Docker engine can run here.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.http as triton
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -43,8 +47,11 @@ from tests.unit.test_kubernetes import find, only_container
 
 pytestmark = pytest.mark.images
 
-SERVICE_IMAGE = "multidomain-pruning/service:images-test"
-TRAINER_IMAGE = "multidomain-pruning/trainer:images-test"
+#: Tags unique to this run: sessions sharing one engine (and its tags) must not run each
+#: other's images. Removed at the end; the build cache stays.
+RUN_TAG = f"images-test-{uuid.uuid4().hex[:8]}"
+SERVICE_IMAGE = f"multidomain-pruning/service:{RUN_TAG}"
+TRAINER_IMAGE = f"multidomain-pruning/trainer:{RUN_TAG}"
 SERVICE_UID = "10001"  # USER of docker/service.Dockerfile
 TRAINER_UID = 10003  # another uid, as a Kubernetes Job may run under
 SHUTDOWN_GRACE_S = 10
@@ -87,7 +94,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def images(engine: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def images(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     work = tmp_path_factory.mktemp("images")
     start = time.monotonic()
     base, how = ensure_base_image(work)
@@ -104,7 +111,10 @@ def images(engine: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
             seconds = build_image(str(ROOT / dockerfile), tag, build_args, log)
             size = int(docker("image", "inspect", "--format", "{{.Size}}", tag).stdout)
             say(f"built {tag} in {seconds:.0f} s: {size / 1e6:.0f} MB")
-    return {"service": SERVICE_IMAGE, "trainer": TRAINER_IMAGE}
+    try:
+        yield {"service": SERVICE_IMAGE, "trainer": TRAINER_IMAGE}
+    finally:
+        docker("image", "rm", SERVICE_IMAGE, TRAINER_IMAGE, check=False, timeout=120)
 
 
 @pytest.fixture
@@ -188,7 +198,8 @@ def test_trained_in_the_trainer_image_served_by_the_service_image(
     docker(
         "run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp",
         "--volume", f"{store}:/models:ro", "--publish", "127.0.0.1::8000",
-        "--env", f"MDP_SHUTDOWN_GRACE_S={SHUTDOWN_GRACE_S}", SERVICE_IMAGE,
+        "--env", f"MDP_SHUTDOWN_GRACE_S={SHUTDOWN_GRACE_S}", "--env", "MDP_MODEL_POLL_S=1",
+        SERVICE_IMAGE,
     )  # fmt: skip
     healthy_after = wait_healthy(name, timeout=240)
     say(f"service container healthy after {time.monotonic() - start:.0f} s")
@@ -234,6 +245,53 @@ def test_trained_in_the_trainer_image_served_by_the_service_image(
         while counted().get(("digits", "422")) != 1 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert counted()[("digits", "200")] == 1 and counted()[("digits", "422")] == 1
+        # the docs page's assets come from the image (no CDN); the inference protocol answers
+        assert len(client.get("/docs/assets/swagger-ui-bundle.js").content) > 100_000
+        oip = triton.InferenceServerClient(url.removeprefix("http://"))
+        images_input = triton.InferInput("images", [1], "BYTES")
+        images_input.set_data_from_numpy(np.array([digit_png()], dtype=np.object_))
+        result = oip.infer("digits", [images_input], parameters={"top_k": 3})
+        assert result.as_numpy("indices")[0].tolist() == [p["index"] for p in predictions]
+        oip.close()
+
+    # a version trained while the service runs is rolled out under load, without a restart
+    answers: list[tuple[int, str | None, str | None]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not stop.is_set():
+                response = client.post(
+                    "/v1/domains/digits/predict",
+                    content=digit_png(),
+                    headers={"Content-Type": "image/png"},
+                )
+                version = response.json().get("version") if response.status_code == 200 else None
+                answers.append(
+                    (response.status_code, response.headers.get("x-model-version"), version)
+                )
+                time.sleep(0.05)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        output, seconds = run_trainer(containers, store, *TRAIN_ARGS, "--model-version", "v2")
+        say(f"trainer image exported v2 in {seconds:.0f} s while the service served v1")
+        start = time.monotonic()
+        while not any(version == "v2" for _, _, version in answers[-5:]):
+            assert time.monotonic() - start < 60, "the service did not switch to v2"
+            time.sleep(0.2)
+        say(f"service switched to v2 {time.monotonic() - start:.1f} s after the export")
+        count = len(answers)
+        while len(answers) < count + 5:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        loader.join(60)
+    assert all(status == 200 for status, _, _ in answers), answers
+    assert all(header == version for _, header, version in answers)
+    assert {version for _, _, version in answers} == {"v1", "v2"}
+    say(f"{len(answers)} requests during the rollout, all 200")
 
     # non-root, read-only root file system, read-only model store, python as PID 1
     assert docker("exec", name, "id", "-u").stdout.strip() == SERVICE_UID

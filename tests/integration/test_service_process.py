@@ -81,11 +81,14 @@ class ServiceProcess:
     url: str
     log: Path
 
-    def predict(self, domain: str, data: bytes, client: httpx.Client) -> httpx.Response:
+    def predict(
+        self, domain: str, data: bytes, client: httpx.Client, **params: int
+    ) -> httpx.Response:
         return client.post(
             f"{self.url}/v1/domains/{domain}/predict",
             content=data,
             headers={"content-type": "image/png"},
+            params=params,
         )
 
 

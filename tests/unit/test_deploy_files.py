@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from service.settings import load_settings
 from tests.dashboard import (
     DASHBOARD_PATH,
     SERIES_NAME,
@@ -796,3 +797,17 @@ def test_torchserve_image_is_pinned_non_root_and_healthchecked() -> None:
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in {"root", "0"}
     assert any(line.startswith("HEALTHCHECK") for line in lines)
+
+
+def test_compose_service_settings_are_valid_and_pick_up_new_versions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service's environment is valid settings, and a version the trainer exports later is
+    rolled out by the running service (it watches ``latest``), with no restart."""
+    env = {k: str(v) for k, v in compose_config()["services"]["service"]["environment"].items()}
+    for name in [n for n in os.environ if n.startswith("MDP_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(api_keys=[])
+    assert settings.model_version == "latest" and settings.model_poll_s > 0

@@ -183,6 +183,8 @@ def test_service_env_is_valid_settings(overlay: str, monkeypatch: pytest.MonkeyP
         monkeypatch.setenv(name, value)
     settings = load_settings()  # raises SettingsError on any invalid value
     assert settings.host == "0.0.0.0"
+    # a version the Job exports reaches running replicas through the store, no restart
+    assert settings.model_version == "latest" and settings.model_poll_s > 0
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert str(settings.model_store) == mounts["model-store"]["mountPath"]
 

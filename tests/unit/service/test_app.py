@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import struct
 import threading
 import zlib
@@ -23,14 +24,13 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from torch import Tensor
 
-from multidomain.artifact import load_artifact, resolve_artifact
-from multidomain.preprocess import eval_transform
+from multidomain.artifact import resolve_artifact
 from service import engine as engine_module
 from service.app import create_app
 from service.engine import InferenceEngine
-from service.settings import ServiceSettings
+from service.settings import ServiceSettings, SettingsError, load_settings
 from tests.apps import ready_client, until_ready
-from tests.artifacts import TINY_DOMAINS
+from tests.artifacts import TINY_DOMAINS, offline_reference
 
 DOMAINS = list(TINY_DOMAINS)
 Reference = Callable[[str, bytes], Tensor]
@@ -140,18 +140,7 @@ def offline(store: Path) -> Iterator[Reference]:
     thread) spin against each other on a small machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    artifact = load_artifact(resolve_artifact(store, "tiny"))
-    networks = {entry.name: artifact.subnet(entry.name) for entry in artifact.domains}
-
-    def reference(domain: str, data: bytes) -> Tensor:
-        entry = artifact.domain(domain)
-        transform = eval_transform(entry.image_size, entry.mean, entry.std)
-        with Image.open(io.BytesIO(data)) as image:
-            x = transform(image).unsqueeze(0)
-        with torch.no_grad():
-            return torch.softmax(networks[domain](x), dim=1)[0]
-
-    yield reference
+    yield offline_reference(resolve_artifact(store, "tiny"))
     torch.set_num_threads(threads)
 
 
@@ -336,7 +325,7 @@ def test_malformed_multipart_is_400(client: TestClient) -> None:
 
 
 def test_framework_errors_have_the_same_shape(client: TestClient) -> None:
-    assert_error(client.get("/v2/anything"), 404, "not_found")
+    assert_error(client.get("/v9/anything"), 404, "not_found")
     response = client.delete("/v1/domains/shapes/predict")
     assert_error(response, 405, "method_not_allowed")
     assert "POST" in response.headers["allow"]
@@ -564,3 +553,52 @@ def test_latency_buckets_end_at_the_deadline() -> None:
 def test_each_app_has_its_own_registry(store: Path) -> None:
     first, second = create_app(settings_for(store)), create_app(settings_for(store))
     assert first.state.service.metrics.registry is not second.state.service.metrics.registry
+
+
+# -- documentation offline, default top_k, version header -----------------------------------
+
+
+def test_the_docs_pages_load_every_asset_from_the_service(client: TestClient) -> None:
+    """/docs and /redoc work with no internet: every script, style and icon they reference is
+    served by the service itself (from the pinned fastapi-offline package)."""
+    for page in ("/docs", "/redoc"):
+        response = client.get(page)
+        assert response.status_code == 200
+        html = response.text
+        assert not re.search(r"https?://|\"//", html), html  # no other host
+        urls = set(re.findall(r'(?:src|href)="([^"]+)"', html))
+        assert urls and all(url.startswith("/docs/assets/") for url in urls), urls
+        for url in urls:
+            asset = client.get(url)
+            assert asset.status_code == 200, url
+            assert len(asset.content) > 1000, url
+    assert "SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").text[:5000]
+
+
+def test_top_k_defaults_to_the_setting(store: Path) -> None:
+    with ready_client(create_app(settings_for(store, default_top_k=2))) as client:
+        response = predict(client, "digits", PNG)
+        assert len(response.json()["predictions"]) == 2
+        assert len(predict(client, "digits", PNG, top_k=4).json()["predictions"]) == 4
+        files = [("files", ("a.png", PNG, "image/png"))] * 2
+        batch = client.post("/v1/domains/digits/predict/batch", files=files).json()
+        assert [len(r["predictions"]) for r in batch["results"]] == [2, 2]
+
+
+def test_default_top_k_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MDP_DEFAULT_TOP_K", "3")
+    assert load_settings().default_top_k == 3
+    monkeypatch.setenv("MDP_DEFAULT_TOP_K", "0")
+    with pytest.raises(SettingsError, match="MDP_DEFAULT_TOP_K"):
+        load_settings()
+
+
+def test_every_response_names_the_model_version(client: TestClient) -> None:
+    version = client.get("/v1/domains").json()["version"]
+    for response in (
+        predict(client, "shapes", PNG),
+        predict(client, "shapes", b"not an image"),
+        predict(client, "nope", PNG),
+        client.get("/v1/domains/colours"),
+    ):
+        assert response.headers["x-model-version"] == version

@@ -146,3 +146,22 @@ def test_settings_take_digests_never_plaintext_keys(
         load_settings(api_keys_file=keys_file)
     with pytest.raises(SettingsError, match="cannot read api_keys_file"):
         load_settings(api_keys_file=tmp_path / "missing")
+
+
+def test_docs_assets_and_the_inference_protocol_need_a_key(client: TestClient) -> None:
+    asset = "/docs/assets/swagger-ui.css"
+    assert_error(client.get(asset), 401, "unauthorized")
+    assert client.get(asset, headers={"x-api-key": KEY}).status_code == 200
+    response = client.get("/v2/models/shapes")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == WWW_AUTHENTICATE
+    assert set(response.json()) == {"error"} and "API key" in response.json()["error"]
+    assert client.get("/v2/models/shapes", headers={"x-api-key": KEY}).status_code == 200
+    for probe in ("/v2/health/live", "/v2/health/ready"):  # probes stay open
+        assert client.get(probe).status_code == 200
+
+
+def test_docs_assets_are_open_when_docs_are(store: Path) -> None:
+    with ready_client(create_app(settings_for(store, auth_docs=False))) as client:
+        assert client.get("/docs").status_code == 200
+        assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
