@@ -17,6 +17,7 @@ with the command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import re
@@ -28,6 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import psutil
 from _results import write_results
 from loadgen import export_revision, fastapi_server
 from PIL import Image
@@ -48,8 +50,14 @@ f:close()
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of a server and its worker processes (user + system, all threads)."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = member.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def _wrk(url: str, script: Path, connections: int, duration: int) -> dict[str, float]:
@@ -95,10 +103,18 @@ def main() -> None:
     parser.add_argument(
         "--env", action="append", default=[], help="NAME=VALUE for both servers (repeatable)"
     )
+    parser.add_argument(
+        "--working-env",
+        action="append",
+        default=[],
+        help="NAME=VALUE for the working tree's server only (repeatable), e.g. MDP_WORKERS=2",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "hotpath")
     args = parser.parse_args()
     settings = dict(item.split("=", 1) for item in args.env)
+    working_settings = {**settings, **dict(item.split("=", 1) for item in args.working_env)}
     runs: dict[str, list[dict[str, float]]] = {"baseline": [], "working tree": []}
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         baseline = export_revision(args.baseline, scratch / "baseline")
@@ -115,8 +131,9 @@ def main() -> None:
             for name in order:
                 log = scratch / f"{name.replace(' ', '_')}-{round_}.log"
                 processes: list[subprocess.Popen[bytes]] = []
+                env = working_settings if name == "working tree" else settings
                 with fastapi_server(
-                    artifact, settings, log, root=roots[name], started=processes.append
+                    artifact, env, log, root=roots[name], started=processes.append
                 ) as url:
                     pid = processes[0].pid
                     _wrk(url, script, args.connections, args.warmup)
@@ -156,6 +173,7 @@ def main() -> None:
             text=True,
         ).stdout.strip(),
         "settings": settings,
+        "working_tree_settings": working_settings,
         "connections": args.connections,
         "duration_s": args.duration,
         "cpus": os.cpu_count(),
@@ -170,7 +188,8 @@ def main() -> None:
         "",
         f"Tiny artifact, `wrk -t1 -c{args.connections} -d{args.duration}s` keep-alive PNG "
         f"POST, {args.rounds} alternating rounds, fresh server per round; settings "
-        f"{settings or 'defaults'}.",
+        f"{settings or 'defaults'}, working tree {working_settings or 'defaults'}; load "
+        f"average at start {load_start}, at end {os.getloadavg()}.",
         "",
         "| version | median req/s | rounds req/s | median CPU us/request | rounds CPU "
         "us/request | median p50 ms | median p99 ms | non-2xx |",

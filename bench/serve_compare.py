@@ -173,6 +173,7 @@ def fastapi_peer(artifact: Path, args: argparse.Namespace, work: Path) -> Iterat
         "MDP_MAX_WAIT_MS": str(args.max_wait_ms),
         "MDP_QUEUE_SIZE": str(args.queue_size),
         "MDP_LOG_LEVEL": "warning",  # no access log either
+        "MDP_WORKERS": str(args.workers_of["fastapi"]),
         **dict(args.fastapi_env),
     }
     with fastapi_process(artifact, settings, work / "fastapi.log") as (url, process):
@@ -182,7 +183,8 @@ def fastapi_peer(artifact: Path, args: argparse.Namespace, work: Path) -> Iterat
             process.pid,
             args.workers_of["fastapi"],
             {
-                "server": "python -m service (uvicorn, 1 process)",
+                "server": f"python -m service (uvicorn, {args.workers_of['fastapi']} worker "
+                "processes; more than 1: plus a supervisor)",
                 "env": settings,
                 "request_body": "raw image/png"
                 if args.body == "raw"
@@ -747,13 +749,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.max_wait_ms < 0 or args.timeout_s <= 0:
         parser.error("--max-wait-ms must be >= 0 and --timeout-s > 0")
     workers = dict.fromkeys(SERVERS, args.workers)
-    workers["fastapi"] = 1  # one uvicorn process: the service has no worker setting yet
     for server, count in args.workers_of:
         if server not in SERVERS or not count.isdigit() or int(count) < 1:
             parser.error(f"--workers-of: expected SERVER=N with SERVER in {', '.join(SERVERS)} "
                          f"and N >= 1, got {server}={count}")  # fmt: skip
-        if server == "fastapi" and int(count) != 1:
-            parser.error("--workers-of fastapi: the service runs one process (no worker setting)")
         workers[server] = int(count)
     args.workers_of = workers
     return args

@@ -135,6 +135,7 @@ async def _load(state: ServiceState, rollout: Rollout) -> None:
     )
     rollout.activate(version)
     state.ready = not state.draining
+    state.metrics.ready.set(int(state.ready))
     logger.info(
         "ready: model %s version %s from %s, domains %s",
         model.name,

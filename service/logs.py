@@ -73,13 +73,15 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
-    """``{"time", "level", "logger", "message", "request_id"?, ...fields, "exception"?}``"""
+    """``{"time", "level", "logger", "pid", "message", "request_id"?, ...fields,
+    "exception"?}`` (``pid``: the process, one of several workers)"""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,
             "message": record.getMessage(),
         }
         entry.update(_fields(record))

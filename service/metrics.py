@@ -2,17 +2,28 @@
 
 Label values of ``domain`` come only from the served artifact's domains; any other value (an
 unknown domain, a request that names none) is recorded as ``_unknown``, so the number of series
-stays bounded whatever clients send. Every figure is this process's own (gauges count live work
-here, the process collector reports this process): with several worker processes, Prometheus
-scrapes or sums each.
+stays bounded whatever clients send.
+
+With several worker processes (:mod:`service.workers`, ``PROMETHEUS_MULTIPROC_DIR`` set) every
+worker writes its values to the shared folder and ``exposition`` (what ``/metrics`` answers)
+merges all workers': counters and histograms summed (a dead worker's counts included), the
+live-work gauges summed over live workers, ``mdp_model_info`` their maximum, and the process
+metrics (``process_*``) once per live worker with a ``pid`` label.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+import os
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from service.errors import REJECTION_REASONS
 
@@ -103,20 +114,26 @@ class ServiceMetrics:
             "Images queued for the domain whose request is still waiting.",
             ["domain"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.in_flight = Gauge(
             "mdp_in_flight_requests",
             "Prediction requests in progress (admitted, not yet answered).",
             ["domain"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.preprocess_pending = Gauge(
             "mdp_preprocess_pending_images",
             "Images waiting for or in decoding on the preprocessing threads.",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.connections = Gauge(
-            "mdp_open_connections", "Open client TCP connections.", registry=registry
+            "mdp_open_connections",
+            "Open client TCP connections.",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.requests = Counter(
             "mdp_requests_total",
@@ -136,6 +153,13 @@ class ServiceMetrics:
             "The served model (value 1).",
             ["model", "version", "budget", "sharing"],
             registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.ready = Gauge(
+            "mdp_ready_workers",
+            "Worker processes ready to serve (1 per ready process).",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.version_requests = Counter(
             "mdp_model_version_requests_total",
@@ -161,6 +185,13 @@ class ServiceMetrics:
             registry=registry,
         )
         ProcessCollector(registry=registry)
+        self._shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        #: what /metrics answers: this registry, or every worker's values when there are several
+        self.exposition = registry
+        if self._shared:
+            self.exposition = CollectorRegistry(auto_describe=True)
+            MultiProcessCollector(self.exposition, self._shared)
+            self.exposition.register(WorkerProcessCollector(Path(self._shared)))
         # children by label values: the request path skips labels()'s argument handling
         self._request_counts: dict[tuple[str, int], Counter] = {}
         self._per_domain: dict[str, DomainMetrics] = {}
@@ -178,6 +209,20 @@ class ServiceMetrics:
         self.model_info.labels(model=model, version=version, budget=budget, sharing=sharing).set(1)
         self._domains = frozenset(domains)
         self._create_series(sorted(self._domains))
+
+    def ready_workers(self) -> int:
+        """Ready worker processes: all live workers' ``mdp_ready_workers`` together (0
+        without multiprocess mode)."""
+        if not self._shared:
+            return 0
+        return int(
+            sum(
+                sample.value
+                for family in MultiProcessCollector(None, self._shared).collect()
+                if family.name == "mdp_ready_workers"
+                for sample in family.samples
+            )
+        )
 
     def keep_versions(self, versions: Iterable[str]) -> None:
         """Keep the per-version series of ``versions`` only (bounded: current and previous)."""
@@ -233,3 +278,35 @@ class ServiceMetrics:
             self.requests.labels(domain=domain, status="200", **{"class": "2xx"})
             for reason in REJECTION_REASONS:
                 self.rejections.labels(domain=domain, reason=reason)
+
+
+class WorkerProcessCollector(Collector):
+    """The process metrics (CPU, memory, file descriptors, start time) of every live worker
+    that writes to a multiprocess metrics folder, each with a ``pid`` label."""
+
+    _PID = re.compile(r"_(\d+)\.db$")
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+
+    def collect(self) -> Iterator[Metric]:
+        pids = sorted(
+            {
+                int(match[1])
+                for path in self._folder.iterdir()
+                if (match := self._PID.search(path.name))
+            }
+        )
+        families: dict[str, Metric] = {}
+        for pid in pids:
+            if not Path(f"/proc/{pid}").exists():
+                continue
+            for family in ProcessCollector(
+                pid=functools.partial(str, pid), registry=None
+            ).collect():
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
+        yield from families.values()

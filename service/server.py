@@ -5,7 +5,9 @@ model loads in the background (``/livez`` 200, ``/readyz`` 503 meanwhile); a mod
 be loaded ends the process with one log line and exit status 3. On SIGTERM readiness turns 503
 at once; the service keeps serving for ``drain_delay_s`` (load balancers stop sending), then
 uvicorn stops listening, lets in-flight requests finish (at most ``shutdown_grace_s``), and the
-app drains its engine before the process exits. SIGINT skips the drain delay.
+app drains its engine before the process exits. SIGINT skips the drain delay. With
+``workers`` > 1 this process supervises that many worker processes on the port
+(:mod:`service.workers`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Generator, Sequence
@@ -29,9 +33,7 @@ from service.logs import flush_log_buffers, log_config
 from service.protocol import http_protocol
 from service.settings import ServiceSettings, SettingsError, load_settings
 from service.state import ServiceState
-
-#: exit status when the model cannot be loaded (uvicorn's own for a failed start-up)
-STARTUP_FAILURE = 3
+from service.workers import STARTUP_FAILURE, exec_supervisor
 
 logger = logging.getLogger("service")
 
@@ -40,9 +42,12 @@ class _Server(uvicorn.Server):
     """uvicorn server that turns readiness off as soon as a shutdown signal arrives, serves on
     for the drain delay after SIGTERM, and stops when the model cannot be loaded."""
 
-    def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
+    def __init__(
+        self, config: uvicorn.Config, state: ServiceState, supervisor_pid: int | None = None
+    ) -> None:
         super().__init__(config)
         self._state = state
+        self._supervisor_pid = supervisor_pid
         self._drain_until: float | None = None
         self._drain_logged = False
         state.on_load_failure.append(self._stop_after_load_failure)
@@ -75,6 +80,10 @@ class _Server(uvicorn.Server):
                 flush_log_buffers()
 
     async def on_tick(self, counter: int) -> bool:
+        if self._supervisor_pid is not None and os.getppid() != self._supervisor_pid:
+            self._supervisor_pid = None
+            logger.error("the supervisor has gone: shutting down")
+            self.handle_exit(signal.SIGTERM, None)
         if self._drain_until is not None and not self.should_exit:
             if not self._drain_logged:
                 self._drain_logged = True
@@ -88,8 +97,14 @@ class _Server(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def run(settings: ServiceSettings) -> None:
-    """Serve until a shutdown signal; exits with status 3 when the model cannot be loaded."""
+def run(
+    settings: ServiceSettings,
+    sockets: list[socket.socket] | None = None,
+    supervisor_pid: int | None = None,
+) -> None:
+    """Serve (on ``sockets`` when given, else on the settings' address) until a shutdown
+    signal; exits with status 3 when the model cannot be loaded. A worker of
+    :mod:`service.workers` also stops when its supervisor has gone."""
     app = create_app(settings)
     state: ServiceState = app.state.service
     config = uvicorn.Config(
@@ -102,9 +117,9 @@ def run(settings: ServiceSettings) -> None:
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         access_log=False,
     )
-    server = _Server(config, state)
+    server = _Server(config, state, supervisor_pid)
     try:
-        server.run()
+        server.run(sockets)
     finally:
         flush_log_buffers()
     if not server.started or state.load_error is not None:
@@ -124,6 +139,7 @@ def parse_args(
     parser.add_argument("--model-version", help="version folder or 'latest' (MDP_MODEL_VERSION)")
     parser.add_argument("--host", help="interface to bind (MDP_HOST)")
     parser.add_argument("--port", type=int, help="TCP port (MDP_PORT)")
+    parser.add_argument("--workers", type=int, help="worker processes on the port (MDP_WORKERS)")
     parser.add_argument("--log-level", help="critical, error, warning, info, debug (MDP_LOG_LEVEL)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
@@ -138,4 +154,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m service") -> 
     except (SettingsError, ArtifactError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    run(settings)
+    if settings.workers > 1:
+        exec_supervisor(settings, overrides)
+    else:
+        run(settings)

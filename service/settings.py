@@ -50,6 +50,13 @@ class ServiceSettings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", min_length=1, description="Interface to bind.")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port to bind.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes serving the port, each with its own event loop, engine "
+        "and threads (more than 1: a supervisor process starts them, see service.workers).",
+    )
     torch_threads: int = Field(
         default=DEFAULTS.torch_threads,
         ge=1,
@@ -62,6 +69,13 @@ class ServiceSettings(BaseSettings):
     )
     max_batch_size: int = Field(
         default=32, ge=1, le=256, description="Largest micro-batch per domain."
+    )
+    inline_decode_bytes: int = Field(
+        default=16384,
+        ge=0,
+        description="A request whose image bytes total at most this is decoded on the event "
+        "loop, skipping the hop to the preprocessing threads (cheaper for small images); 0 "
+        "sends every image to the threads.",
     )
     max_wait_ms: float = Field(
         default=5.0,

@@ -176,6 +176,7 @@ class ServiceState:
         """Readiness 503 from now on; answers ask clients to close their connection."""
         self.ready = False
         self.draining = True
+        self.metrics.ready.set(0)
 
     def fail_loading(self, message: str) -> None:
         self.load_error = message

@@ -242,9 +242,14 @@ def test_the_port_opens_before_the_model_is_loaded(tmp_path: Path) -> None:
     assert log.index("Uvicorn running on") < log.index('"ready: model tiny')
 
 
-def test_sigterm_drains_readiness_first_then_closes(tmp_path: Path) -> None:
-    delay = 2.0
-    settings = {"MDP_DRAIN_DELAY_S": str(delay), "MDP_SHUTDOWN_GRACE_S": "5"}
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_drains_readiness_first_then_closes(tmp_path: Path, workers: int) -> None:
+    delay = 3.0  # long enough for several probes on a loaded machine
+    settings = {
+        "MDP_DRAIN_DELAY_S": str(delay),
+        "MDP_SHUTDOWN_GRACE_S": "5",
+        "MDP_WORKERS": str(workers),
+    }
     domain = DOMAINS[1]
     with service_process(tmp_path, **settings) as service, httpx.Client(timeout=10) as client:
         assert client.get(f"{service.url}/readyz").status_code == 200
@@ -265,7 +270,8 @@ def test_sigterm_drains_readiness_first_then_closes(tmp_path: Path) -> None:
         log = service.log.read_text()
     assert len(during) >= 5, log
     assert delay <= elapsed < delay + 5, log
-    assert "serving for 2 s before closing the listener" in log
+    # every worker drained (and new connections reached them all: each answered 503)
+    assert log.count("serving for 3 s before closing the listener") == workers, log
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{service.url}/livez", timeout=2)
 

@@ -158,7 +158,13 @@ def test_in_flight_bounds_refuse_before_the_body_is_read(
 
 def test_the_decode_queue_is_bounded(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     app = create_app(
-        settings_for(store, preprocess_threads=1, preprocess_queue_size=2, max_batch_images=2)
+        settings_for(
+            store,
+            preprocess_threads=1,
+            preprocess_queue_size=2,
+            max_batch_images=2,
+            inline_decode_bytes=0,  # every image through the threads
+        )
     )
     gate, entered = threading.Event(), threading.Event()
     decode = ServedModel.preprocess
@@ -349,5 +355,30 @@ def test_a_batch_error_names_the_bad_image(store: Path) -> None:
                 headers={"content-type": "image/png"},
             )
             assert not assert_error(single, 422, "bad_image").startswith("files[")
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(("inline_decode_bytes", "on_event_loop"), [(16384, True), (0, False)])
+def test_small_images_are_decoded_on_the_event_loop(
+    store: Path, monkeypatch: pytest.MonkeyPatch, inline_decode_bytes: int, on_event_loop: bool
+) -> None:
+    app = create_app(settings_for(store, inline_decode_bytes=inline_decode_bytes))
+    decode = ServedModel.preprocess
+    threads: list[threading.Thread] = []
+
+    def recording_decode(*args: Any) -> Tensor:
+        threads.append(threading.current_thread())
+        return decode(*args)
+
+    async def scenario() -> None:
+        async with serving(app) as client:
+            monkeypatch.setattr(ServedModel, "preprocess", staticmethod(recording_decode))
+            answer = await client.post(
+                "/v1/domains/shapes/predict", content=PNG, headers={"content-type": "image/png"}
+            )
+            assert answer.status_code == 200
+            assert len(PNG) <= 16384
+            assert (threads == [threading.current_thread()]) is on_event_loop
 
     run(scenario)
