@@ -14,7 +14,8 @@ lets whichever worker wakes first take a whole burst of connections).
   answers for all of them (see :mod:`service.metrics`).
 * Signals: SIGTERM and SIGINT are passed on to every worker, each drains as a single process
   does (readiness 503 at once, ``drain_delay_s`` of serving, close, ``shutdown_grace_s``); the
-  supervisor exits when all have, with status 0 when all ended cleanly.
+  supervisor exits when all have, with status 0 when all ended cleanly. SIGHUP is passed on
+  too: every worker checks the store for a new version (each rolls out on its own).
 * A worker whose supervisor has gone (killed) stops by itself, as on SIGTERM.
 * A worker that dies is started again (after ``RESTART_DELAY_S``); its counters stay in the
   totals. A worker that cannot load the model (status 3) stops them all: the supervisor exits
@@ -136,6 +137,12 @@ class _Supervisor:
             if worker.poll() is None:
                 worker.send_signal(sig)
 
+    def on_reload(self, sig: int, frame: FrameType | None) -> None:
+        """SIGHUP: every live worker checks the store for a new version."""
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGHUP)
+
     def run(self) -> int:
         """Watch the workers until all have stopped; the exit status."""
         from prometheus_client import multiprocess
@@ -196,6 +203,7 @@ def _supervise(host: str, port: int, workers: int) -> None:
         previous = {
             sig: signal.signal(sig, supervisor.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, supervisor.on_reload)
         try:
             for _ in range(workers):
                 supervisor.start()

@@ -6,6 +6,7 @@ with status 3. (Draining on SIGTERM and metrics across workers: ``test_service_p
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,37 @@ def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
     _stop_all(workers)
     assert not [w for w in workers if w.is_running()]
     assert f"worker pid {first[0].pid} exited with status -9" in service.log.read_text()
+
+
+def test_sighup_to_the_supervisor_rolls_out_in_every_worker(tmp_path: Path) -> None:
+    with service_process(tmp_path, MDP_WORKERS="2") as service:
+        workers = _workers(service.process.pid)
+        try:
+            write_tiny_artifact(
+                tmp_path / "model_store", version="v2", created_at="2026-02-01T00:00:00+00:00"
+            )
+            service.process.send_signal(signal.SIGHUP)
+
+            def versions() -> set[str]:
+                answers = set()
+                for i in range(8):  # new connections: either worker
+                    with httpx.Client(timeout=10) as client:
+                        answer = service.predict(DOMAINS[i % 3], png(i), client)
+                        answers.add(answer.headers["X-Model-Version"])
+                return answers
+
+            wait_for(
+                "v2 in both workers",
+                lambda: versions() == {"v2"},
+                service.process,
+                service.log,
+                timeout=90,
+            )
+            assert service.process.poll() is None
+            assert {w.pid for w in _workers(service.process.pid)} == {w.pid for w in workers}
+        finally:
+            workers = _workers(service.process.pid)
+    _stop_all(workers)
 
 
 def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
