@@ -52,7 +52,12 @@ def main() -> None:
     domains = _domains(args.data)
     pretrain = PretrainConfig(steps=args.pretrain_steps, batch_size=args.batch_size)
     config = BudgetConfig(
-        budget=0.5, steps=args.steps, batch_size=args.batch_size, finetune_steps=2, seed=3
+        budget=0.5,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        finetune_steps=2,
+        seed=3,
+        channel_group=4,  # width 0.125: mid widths 8/16/32
     )
     with runtime.session():
         backbone = pretrain_backbone(domains, ARCH, pretrain, args.out / "backbone", None, runtime)

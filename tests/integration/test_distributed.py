@@ -165,6 +165,7 @@ def test_console_script_under_torchrun(tmp_path: Path) -> None:
 
     store = tmp_path / "store"
     train = ["train", *data, "--backbone", str(run_dir), "--model-store", str(store)]
+    train += ["--channel-group", "4"]  # width 0.125: mid widths 8/16/32
     _run([*TORCHRUN, "-m", "mdprune", *train, "--steps", "6", "--model-version", "v1"])
     manifest = json.loads((store / "default" / "v1" / "manifest.json").read_text())
     assert manifest["training"]["world_size"] == 2

@@ -211,12 +211,15 @@ def test_requests_the_http_parser_refuses_get_the_json_error(tmp_path: Path) -> 
 
 def test_clients_that_go_away_are_499_and_their_work_is_dropped(tmp_path: Path) -> None:
     # One preprocessing thread decodes six large images of a batch for seconds; a small
-    # request of the same domain waits behind them for the thread, and its client goes away.
+    # request of the same domain (sent to the threads too: no decoding on the event loop)
+    # waits behind them for the thread, and its client goes away.
     # (Going away while queued for compute: tests/unit/service/test_admission.py.)
     domain = DOMAINS[0]
     large = [("files", (f"{i}.png", large_png(i), "image/png")) for i in range(6)]
     with (
-        service_process(tmp_path, MDP_PREPROCESS_THREADS="1") as service,
+        service_process(
+            tmp_path, MDP_PREPROCESS_THREADS="1", MDP_INLINE_DECODE_BYTES="0"
+        ) as service,
         httpx.Client(timeout=60) as client,
     ):
         host, port = host_port(service)

@@ -41,7 +41,9 @@ def artifact(
         for layout in decathlon
     }
     arch = ArchSpec(width_mult=0.125, image_size=16)
-    return write_tiny_artifact(tmp_path_factory.mktemp("store"), "dec", "v1", arch, 0, labels)
+    return write_tiny_artifact(
+        tmp_path_factory.mktemp("store"), "dec", "v1", arch, 0, labels_of=labels
+    )
 
 
 def test_predict_decathlon_writes_the_results_file(
