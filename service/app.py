@@ -33,7 +33,8 @@ from fastapi.openapi.docs import (
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from multidomain.artifact import ArtifactError, resolve_artifact
+from multidomain.artifact import ArtifactError
+from multidomain.store import resolve_artifact
 from service.exception_handlers import add_exception_handlers
 from service.metrics import ServiceMetrics
 from service.middleware import DOCS_ASSETS, ServiceMiddleware

@@ -12,9 +12,10 @@ from typing import Any
 
 from torch import Tensor
 
-from multidomain.artifact import ArtifactError, DomainEntry, load_artifact, resolve_artifact
+from multidomain.artifact import ArtifactError, DomainEntry, load_artifact
 from multidomain.preprocess import ImageDecodeError, ImageTooLargeError
 from multidomain.serving import ServedArtifact, ServedDomain, UnknownDomainError
+from multidomain.store import resolve_artifact
 from service.engine import DomainModel
 from service.errors import BadImage, ImageTooLarge, UnknownDomain
 from service.schemas import (

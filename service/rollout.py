@@ -30,7 +30,8 @@ import time
 import weakref
 from pathlib import Path
 
-from multidomain.artifact import MANIFEST_FILE, WEIGHTS_FILE, ArtifactError, resolve_artifact
+from multidomain.artifact import MANIFEST_FILE, WEIGHTS_FILE, ArtifactError
+from multidomain.store import resolve_artifact
 from service.engine import DomainModel, InferenceEngine
 from service.model import ServedModel, load_served_model
 from service.state import ServedVersion, ServiceState

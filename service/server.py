@@ -26,7 +26,8 @@ from types import FrameType
 import uvicorn
 
 from multidomain import __version__
-from multidomain.artifact import ArtifactError, resolve_artifact
+from multidomain.artifact import ArtifactError
+from multidomain.store import resolve_artifact
 from service.app import create_app
 from service.logs import flush_log_buffers, log_config
 from service.protocol import http_protocol

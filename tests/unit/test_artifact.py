@@ -9,10 +9,10 @@ from multidomain.artifact import (
     ArtifactError,
     load_artifact,
     manifest_digest,
-    resolve_artifact,
     sha256_file,
 )
 from multidomain.preprocess import normalize_batch
+from multidomain.store import resolve_artifact
 from tests.artifacts import TINY_DOMAINS, make_tiny_model, write_tiny_artifact
 
 

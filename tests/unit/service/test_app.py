@@ -24,7 +24,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from torch import Tensor
 
-from multidomain.artifact import resolve_artifact
+from multidomain.store import resolve_artifact
 from service import engine as engine_module
 from service.app import create_app
 from service.engine import InferenceEngine
