@@ -160,6 +160,9 @@ class Runtime:
         )
         try:
             yield self
+            # leave together: rank 0 alone prunes, times and writes after the last collective,
+            # and a rank that tears its group down early can abort in gloo's threads
+            dist.barrier()
         finally:
             dist.destroy_process_group()
             console.quiet = quiet
