@@ -133,15 +133,16 @@ class _Supervisor:
     def on_signal(self, sig: int, frame: FrameType | None) -> None:
         if self.stopping is None:
             self.stopping = sig
-        for worker in self.workers:
-            if worker.poll() is None:
-                worker.send_signal(sig)
+        self._signal_live_workers(sig)
 
     def on_reload(self, sig: int, frame: FrameType | None) -> None:
         """SIGHUP: every live worker checks the store for a new version."""
+        self._signal_live_workers(signal.SIGHUP)
+
+    def _signal_live_workers(self, sig: int) -> None:
         for worker in self.workers:
             if worker.poll() is None:
-                worker.send_signal(signal.SIGHUP)
+                worker.send_signal(sig)
 
     def run(self) -> int:
         """Watch the workers until all have stopped; the exit status."""
