@@ -233,6 +233,12 @@ def train_budget_aware(
     network = runtime.wrap(step_network)
     traces: list[StepTrace] = []
 
+    def sharing_weight() -> float:
+        """gamma now: learned (``exp(log_gamma)``) or fixed."""
+        if config.learnable_sharing_weight:
+            return float(log_gamma.detach().exp())
+        return config.sharing_weight
+
     def budget_and_sharing(step: int) -> ExtraLoss:
         masks = switches.group_masks()
         domain_costs = _stacked_costs(costs, masks, group)
@@ -252,7 +258,7 @@ def train_budget_aware(
                 costs_now.tolist(),
                 target.tolist(),
                 float(share.detach()),
-                float(log_gamma.detach().exp()) if config.learnable_sharing_weight else gamma,
+                sharing_weight(),
                 float(budget_term.detach()),
             )
         )
