@@ -50,6 +50,7 @@ __all__ = [
     "BudgetConfig",
     "BudgetCosts",
     "BudgetMetric",
+    "NestedLevel",
     "TrainedModel",
     "budget_costs",
     "budget_target",
@@ -57,6 +58,18 @@ __all__ = [
     "initialise_scores",
     "train_budget_aware",
 ]
+
+
+@dataclass
+class NestedLevel:
+    """One level of a nested run (``training.nested``): its budget, its channel masks (per
+    block, bool ``[domains, channels]``), its BatchNorm running statistics (state-dict names)
+    and what it measured."""
+
+    budget: float
+    masks: list[Tensor]
+    statistics: dict[str, Tensor]
+    shared_bn_test: dict[str, float]  # test accuracy with the largest level's statistics
 
 
 @dataclass
@@ -73,6 +86,7 @@ class TrainedModel:
     learned_costs: list[dict[str, float]]  # per domain, before the projection
     history: list[dict[str, float]] = field(default_factory=list)
     runtime: Runtime = field(default_factory=Runtime)
+    levels: list[NestedLevel] = field(default_factory=list)  # nested runs: largest first
 
     @property
     def group(self) -> int:

@@ -29,6 +29,7 @@ from mdprune.commands.train import (
     LatencyTableOpt,
     MetricOpt,
     NameOpt,
+    NestedOpt,
     SharingOpt,
     SharingWeightOpt,
     StoreOpt,
@@ -44,6 +45,7 @@ from mdprune.commands.train import (
 def pipeline(
     domains: DomainsOpt = ["embedded"],  # noqa: B006
     budget: BudgetOpt = ["0.5"],  # noqa: B006
+    budgets: NestedOpt = None,
     budget_metric: MetricOpt = "both",
     channel_group: GroupOpt = "auto",
     latency_table: LatencyTableOpt = None,
@@ -98,6 +100,7 @@ def pipeline(
             channel_group=channel_group,
             latency_table=latency_table,
             latency_batch=latency_batch,
+            levels=budgets,
         )
         pretrain_config = PretrainConfig(steps=pretrain_steps, seed=seed)
         for batch_size in (config.batch_size, pretrain_config.batch_size):

@@ -98,6 +98,15 @@ BudgetOpt = Annotated[
         "domain's, '<domain>=<number>' one domain's (--budget 0.5 --budget digits=0.3).",
     ),
 ]
+NestedOpt = Annotated[
+    list[float] | None,
+    typer.Option(
+        "--budgets",
+        help="Nested budget levels from one training run, each in (0, 1] (--budgets 1.0 0.75 "
+        "0.5 0.25, or repeated --budgets 1.0 --budgets 0.5): every domain gets a mask per "
+        "level, each within the next larger; one artifact serves them all. Replaces --budget.",
+    ),
+]
 MetricOpt = Annotated[
     str,
     typer.Option(
@@ -168,12 +177,18 @@ def budget_config(
     channel_group: str = "auto",
     latency_table: Path | None = None,
     latency_batch: int | None = None,
+    levels: list[float] | None = None,
 ) -> BudgetConfig:
     from multidomain.groups import resolve_channel_group
     from training.budget_config import BudgetConfig
 
     budget, per_domain = _parse_budgets(budgets)
+    if levels:
+        if per_domain:
+            raise ValueError("--budgets cannot be combined with a domain's own --budget")
+        budget = max(levels)
     return BudgetConfig(
+        levels=tuple(levels or ()),
         budget=budget,
         domain_budgets=per_domain,
         budget_metric=metric,  # type: ignore[arg-type]
@@ -223,8 +238,10 @@ def train_and_export(
 ) -> Path:
     from training.budget import train_budget_aware
     from training.export import export_artifact
+    from training.nested import train_nested
 
-    trained = train_budget_aware(list(loaded.values()), backbone, config, runtime)
+    train = train_nested if config.levels else train_budget_aware
+    trained = train(list(loaded.values()), backbone, config, runtime)
     path, _ = export_artifact(trained, model_store, model_name, version)
     return path
 
@@ -235,6 +252,7 @@ def train(
     ),
     domains: DomainsOpt = ["embedded"],  # noqa: B006
     budget: BudgetOpt = ["0.5"],  # noqa: B006
+    budgets: NestedOpt = None,
     budget_metric: MetricOpt = "both",
     channel_group: GroupOpt = "auto",
     latency_table: LatencyTableOpt = None,
@@ -272,6 +290,7 @@ def train(
             channel_group,
             latency_table,
             latency_batch,
+            budgets,
         )
         runtime.check_batch_size(config.batch_size)
         check_target(model_store, model_name, version)
