@@ -52,7 +52,6 @@ class BudgetConfig:
     levels: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_fraction(self.budget, "budget")
         if self.levels:
             for value in self.levels:
                 _check_fraction(value, "every budget of --budgets")
@@ -65,6 +64,7 @@ class BudgetConfig:
                 raise ValueError("--budgets cannot be combined with a domain's own --budget")
             object.__setattr__(self, "levels", levels)
             object.__setattr__(self, "budget", levels[0])
+        _check_fraction(self.budget, "budget")
         names = [name for name, _ in self.domain_budgets]
         for name, value in self.domain_budgets:
             _check_fraction(value, f"budget of domain {name!r}")
