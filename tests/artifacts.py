@@ -135,6 +135,7 @@ def write_tiny_nested_artifact(
     version: str = "v1",
     budgets: tuple[float, ...] = NESTED_BUDGETS,
     seed: int = 0,
+    arch: ArchSpec | None = None,
 ) -> Path:
     """A nested artifact as training exports it: every domain's levels from random scores
     through ``nested_group_masks`` (so nested), each level with BatchNorm statistics of its own
@@ -142,7 +143,7 @@ def write_tiny_nested_artifact(
     from multidomain.costs import linear_cost
     from training.nested import nested_group_masks
 
-    arch = ArchSpec(width_mult=0.125, image_size=16)
+    arch = arch or ArchSpec(width_mult=0.125, image_size=16)
     model, _ = make_tiny_model(arch, seed=seed)
     generator = torch.Generator().manual_seed(seed + 1)
     costs = [linear_cost(arch, "params")]
