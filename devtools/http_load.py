@@ -5,14 +5,16 @@ and a Content-Length or chunked body are parsed from each answer (:func:`read_re
 
 * :func:`closed_loop`: ``concurrency`` clients, each on its own keep-alive connection, send a
   request and wait for its answer, until ``total`` answers have arrived;
-* :func:`open_loop`: requests start on a fixed schedule (``rate`` per second) whatever the
-  server answers, each on an idle keep-alive connection or a new one: the way to offer a server
-  more than it can take.
+* :func:`open_loop`: requests start on a fixed schedule (``rate`` per second, evenly spaced or
+  Poisson arrivals) whatever the server answers, each on an idle keep-alive connection or a
+  new one: the way to offer a server more than it can take.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -95,9 +97,11 @@ async def open_loop(
     rate: float,
     duration_s: float,
     timeout_s: float = 30.0,
+    poisson_seed: int | None = None,
 ) -> list[Shot]:
     """Start ``rate * duration_s`` requests at ``rate`` per second (payloads in turn), each on
-    an idle connection or a new one; every request waits at most ``timeout_s``."""
+    an idle connection or a new one; every request waits at most ``timeout_s``. Arrivals are
+    evenly spaced, or a Poisson process (exponential gaps, seeded) with ``poisson_seed``."""
     loop = asyncio.get_running_loop()
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     opened: list[asyncio.StreamWriter] = []
@@ -121,10 +125,14 @@ async def open_loop(
             idle.append((reader, writer))
 
     count = int(rate * duration_s)
+    offsets = [index / rate for index in range(count)]
+    if poisson_seed is not None:
+        gaps = random.Random(poisson_seed)
+        offsets = list(itertools.accumulate(gaps.expovariate(rate) for _ in range(count)))
     start = loop.time()
     tasks = []
-    for index in range(count):
-        delay = start + index / rate - loop.time()
+    for index, offset in enumerate(offsets):
+        delay = start + offset - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(index, index % len(payloads))))

@@ -89,9 +89,32 @@ app.command(
 )(serve.serve)
 
 
+def _spread_budgets(args: list[str]) -> list[str]:
+    """``--budgets 1.0 0.5 0.25`` -> ``--budgets 1.0 --budgets 0.5 --budgets 0.25``: the
+    numbers after ``--budgets`` (click options take one value per occurrence)."""
+    out: list[str] = []
+    after = 0  # 1: the value of --budgets comes next; 2: more numbers may follow it
+    for arg in args:
+        if after == 2 and _is_number(arg):
+            out += ["--budgets", arg]
+            continue
+        after = 2 if after == 1 else (1 if arg == "--budgets" else 0)
+        out.append(arg)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     command: Callable[..., Any] = app
-    command(args=sys.argv[1:] if argv is None else argv, prog_name="mdprune")
+    args = sys.argv[1:] if argv is None else argv
+    command(args=_spread_budgets(args), prog_name="mdprune")
 
 
 if __name__ == "__main__":

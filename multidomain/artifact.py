@@ -8,7 +8,13 @@ Tensor names in the weights file:
   BatchNorm tensor and the head, where ``<name>`` is the ``ResNet26`` name without the BN-set
   index (``domains.0.blocks.3.bn1.weight``); ``bn1`` holds the domain's own channels only.
 
-Each domain lists, per block, the indices (into the compact union) of the mid channels it uses.
+* nested levels (``manifest["budgets"]``, largest first): level ``j >= 1`` of domain ``k`` has
+  its own BatchNorm tensors ``levels.<j>.<k>.<name>`` (``bn1`` with the level's channels only);
+  level 0 is the domain's own tensors; a level shares the domain's head.
+
+Each domain lists, per block, the indices (into the compact union) of the mid channels it uses;
+a nested artifact's domain also lists every level's (``levels[j]["channels"]``), each level's
+channels within the level above's.
 Loading verifies the manifest schema, the weights' sha256 and every tensor's shape, and refuses
 anything else with an ``ArtifactError`` that names what is wrong.
 """
@@ -22,7 +28,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,7 @@ __all__ = [
     "Artifact",
     "ArtifactError",
     "DomainEntry",
+    "LevelEntry",
     "check_name",
     "load_artifact",
     "manifest_digest",
@@ -110,6 +117,20 @@ def subnet_state_dict(
 
 
 @dataclass(frozen=True)
+class LevelEntry:
+    """One budget level of a domain: its budget, its channels (indices into the compact
+    union) and what the manifest records about it."""
+
+    budget: float
+    channels: list[list[int]]
+    info: dict[str, Any]
+
+    @property
+    def mid_channels(self) -> list[int]:
+        return [len(c) for c in self.channels]
+
+
+@dataclass(frozen=True)
 class DomainEntry:
     index: int
     name: str
@@ -119,6 +140,8 @@ class DomainEntry:
     mean: list[float]
     std: list[float]
     info: dict[str, Any]
+    #: largest budget first; one level (the domain's budget) unless the artifact is nested
+    levels: tuple[LevelEntry, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -137,6 +160,13 @@ class Artifact:
     domains: list[DomainEntry]
     shared: dict[str, Tensor]
     domain_tensors: list[dict[str, Tensor]]
+    #: ``level_tensors[j - 1][k]``: the BatchNorm tensors of level ``j >= 1`` of domain ``k``
+    level_tensors: list[list[dict[str, Tensor]]] = field(default_factory=list)
+
+    @property
+    def budgets(self) -> list[float]:
+        """The served budget levels, largest first (one unless the artifact is nested)."""
+        return [level.budget for level in self.domains[0].levels]
 
     @property
     def name(self) -> str:
@@ -161,27 +191,59 @@ class Artifact:
         net.load_state_dict(state, strict=True)
         return net.eval()
 
-    def fold(self, name: str) -> DomainFold:
-        """What the domain adds to the shared convolutions, ready to fold
-        (``multidomain.fold``)."""
+    def level_domain_tensors(self, name: str, level: int = 0) -> dict[str, Tensor]:
+        """A domain's BatchNorm and head tensors at one level (``0``: the largest)."""
         entry = self.domain(name)
         tensors = self.domain_tensors[entry.index]
-        return DomainFold.from_tensors(self.arch, tensors, entry.channels, entry.mean, entry.std)
+        if level == 0:
+            return tensors
+        return {**tensors, **self.level_tensors[level - 1][entry.index]}
 
-    def served_network(self, name: str) -> FoldedNetwork:
+    def level_subnet(self, name: str, level: int) -> ResNet26:
+        """The domain's compact subnetwork at one level (``subnet`` at level 0)."""
+        entry = self.domain(name)
+        channels = entry.levels[level].channels
+        net = ResNet26(self.arch, [entry.num_classes], [len(c) for c in channels])
+        tensors = self.level_domain_tensors(name, level)
+        net.load_state_dict(subnet_state_dict(tensors, self.shared, channels), strict=True)
+        return net.eval()
+
+    def fold(self, name: str, level: int = 0) -> DomainFold:
+        """What the domain (at one level, ``0`` the largest) adds to the shared convolutions,
+        ready to fold (``multidomain.fold``)."""
+        entry = self.domain(name)
+        tensors = self.level_domain_tensors(name, level)
+        channels = entry.levels[level].channels
+        return DomainFold.from_tensors(self.arch, tensors, channels, entry.mean, entry.std)
+
+    def served_network(self, name: str, level: int = 0) -> FoldedNetwork:
         """What serving runs for a domain, as a dense network of its own (uint8 pixels in,
         logits out): its channels of the shared weights with its BatchNorm folded in."""
-        return fold_weights(self.arch, channels_last_weights(self.shared), self.fold(name))
+        return fold_weights(self.arch, channels_last_weights(self.shared), self.fold(name, level))
+
+    def slot(self, domain: int, level: int) -> int:
+        """The position of a domain's level among ``compact_backbone``'s folds."""
+        return domain * len(self.budgets) + level
 
     def compact_backbone(self, materialized_domains: int) -> CompactBackbone:
-        """Every domain served from one copy of the shared weights (``multidomain.compact``),
+        """Every domain at every level served from one copy of the shared weights
+        (``multidomain.compact``; the fold of domain ``k``, level ``j`` at ``slot(k, j)``),
         ``materialized_domains`` folded networks cached."""
-        folds = [self.fold(entry.name) for entry in self.domains]
+        folds = [
+            self.fold(entry.name, level)
+            for entry in self.domains
+            for level in range(len(entry.levels))
+        ]
         return CompactBackbone(self.arch, self.shared, folds, materialized_domains)
 
     def tensors(self) -> list[Tensor]:
         """Every tensor of the weights file."""
-        return [*self.shared.values(), *(t for d in self.domain_tensors for t in d.values())]
+        levels = [t for level in self.level_tensors for d in level for t in d.values()]
+        return [
+            *self.shared.values(),
+            *(t for d in self.domain_tensors for t in d.values()),
+            *levels,
+        ]
 
 
 def write_artifact(
@@ -189,9 +251,11 @@ def write_artifact(
     manifest: dict[str, Any],
     shared: Mapping[str, Tensor],
     domain_tensors: Sequence[Mapping[str, Tensor]],
+    level_tensors: Sequence[Sequence[Mapping[str, Tensor]]] = (),
 ) -> Path:
     """Write atomically: a temporary folder beside ``out_dir`` renamed into place at the end,
-    with the modes the umask gives (readable by other users under umask 022)."""
+    with the modes the umask gives (readable by other users under umask 022).
+    ``level_tensors[j - 1][k]``: BatchNorm tensors of nested level ``j`` of domain ``k``."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise ArtifactError(f"artifact folder already exists: {out_dir}")
@@ -201,6 +265,11 @@ def write_artifact(
         tensors.update(
             {f"domains.{k}.{n}": t.detach().cpu().contiguous() for n, t in named.items()}
         )
+    for j, level in enumerate(level_tensors, start=1):
+        for k, named in enumerate(level):
+            tensors.update(
+                {f"levels.{j}.{k}.{n}": t.detach().cpu().contiguous() for n, t in named.items()}
+            )
     body = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest}
     body["weights_file"] = WEIGHTS_FILE
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -228,7 +297,14 @@ def _require(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], w
     return value
 
 
-def _parse_domain(k: int, raw: Any, arch: ArchSpec, union: list[int]) -> DomainEntry:
+def _parse_domain(
+    k: int,
+    raw: Any,
+    arch: ArchSpec,
+    union: list[int],
+    budgets: list[float] | None,
+    default_budget: float,
+) -> DomainEntry:
     if not isinstance(raw, dict):
         raise ArtifactError(f"manifest: domains[{k}] is not an object")
     where = f"domains[{k}]."
@@ -241,12 +317,7 @@ def _parse_domain(k: int, raw: Any, arch: ArchSpec, union: list[int]) -> DomainE
         raise ArtifactError(
             f"manifest: {where}channels has {len(channels)} blocks, expected {len(union)}"
         )
-    for b, (idx, width) in enumerate(zip(channels, union, strict=True)):
-        ok = isinstance(idx, list) and idx and all(isinstance(i, int) for i in idx)
-        if not ok or idx != sorted(set(idx)) or idx[0] < 0 or idx[-1] >= width:
-            raise ArtifactError(
-                f"manifest: {where}channels[{b}] must be sorted unique indices in [0, {width})"
-            )
+    _check_channels(channels, union, where)
     mean = _require(raw, "mean", list, where)
     std = _require(raw, "std", list, where)
     if len(mean) != arch.in_channels or len(std) != arch.in_channels or min(std) <= 0:
@@ -257,8 +328,15 @@ def _parse_domain(k: int, raw: Any, arch: ArchSpec, union: list[int]) -> DomainE
     info = {
         key: value
         for key, value in raw.items()
-        if key not in {"name", "labels", "channels", "mean", "std", "image_size"}
+        if key not in {"name", "labels", "channels", "mean", "std", "image_size", "levels"}
     }
+    if budgets is None:
+        budget = info.get("budget")
+        if isinstance(budget, bool) or not isinstance(budget, int | float):
+            budget = default_budget
+        levels: tuple[LevelEntry, ...] = (LevelEntry(float(budget), channels, info),)
+    else:
+        levels = _parse_levels(raw, where, budgets, channels, union)
     return DomainEntry(
         k,
         name,
@@ -268,7 +346,69 @@ def _parse_domain(k: int, raw: Any, arch: ArchSpec, union: list[int]) -> DomainE
         [float(m) for m in mean],
         [float(s) for s in std],
         info,
+        levels,
     )
+
+
+def _check_channels(channels: Any, union: list[int], where: str) -> None:
+    for b, (idx, width) in enumerate(zip(channels, union, strict=True)):
+        ok = isinstance(idx, list) and idx and all(isinstance(i, int) for i in idx)
+        if not ok or idx != sorted(set(idx)) or idx[0] < 0 or idx[-1] >= width:
+            raise ArtifactError(
+                f"manifest: {where}channels[{b}] must be sorted unique indices in [0, {width})"
+            )
+
+
+def _parse_budgets(manifest: Mapping[str, Any]) -> list[float] | None:
+    """The nested levels' budgets, largest first; ``None`` for an artifact of one budget."""
+    if "budgets" not in manifest:
+        return None
+    budgets = manifest["budgets"]
+    ok = isinstance(budgets, list) and len(budgets) >= 2
+    ok = ok and all(isinstance(b, int | float) and not isinstance(b, bool) for b in budgets)
+    if not ok or any(not 0 < b <= 1 for b in budgets) or budgets != sorted(set(budgets))[::-1]:
+        raise ArtifactError(
+            "manifest: budgets must be >= 2 different numbers in (0, 1], largest first"
+        )
+    return [float(b) for b in budgets]
+
+
+def _parse_levels(
+    raw: Mapping[str, Any],
+    where: str,
+    budgets: list[float],
+    channels: list[list[int]],
+    union: list[int],
+) -> tuple[LevelEntry, ...]:
+    """A nested domain's levels: one per budget, the first with the domain's channels, each
+    within the one above (nesting)."""
+    levels = _require(raw, "levels", list, where)
+    if len(levels) != len(budgets):
+        raise ArtifactError(
+            f"manifest: {where}levels has {len(levels)} entries, expected {len(budgets)}"
+        )
+    parsed: list[LevelEntry] = []
+    for j, (level, budget) in enumerate(zip(levels, budgets, strict=True)):
+        at = f"{where}levels[{j}]."
+        if not isinstance(level, dict) or level.get("budget") != budget:
+            raise ArtifactError(f"manifest: {at}budget must be {budget:g}")
+        own = _require(level, "channels", list, at)
+        if len(own) != len(union):
+            raise ArtifactError(
+                f"manifest: {at}channels has {len(own)} blocks, expected {len(union)}"
+            )
+        _check_channels(own, union, at)
+        above = channels if j == 0 else parsed[-1].channels
+        if j == 0 and own != channels:
+            raise ArtifactError(f"manifest: {at}channels must be the domain's channels")
+        for b, (mine, theirs) in enumerate(zip(own, above, strict=True)):
+            if not set(mine) <= set(theirs):
+                raise ArtifactError(
+                    f"manifest: {at}channels[{b}] is not within the level above's (not nested)"
+                )
+        info = {key: value for key, value in level.items() if key not in {"budget", "channels"}}
+        parsed.append(LevelEntry(budget, own, info))
+    return tuple(parsed)
 
 
 def _expected_shapes(
@@ -281,6 +421,16 @@ def _expected_shapes(
         one = ResNet26(arch, [entry.num_classes], entry.mid_channels)
         _, (named,) = split_state_dict(one.state_dict())
         shapes.update({f"domains.{entry.index}.{n}": tuple(t.shape) for n, t in named.items()})
+        for j, level in enumerate(entry.levels[1:], start=1):
+            one = ResNet26(arch, [entry.num_classes], level.mid_channels)
+            _, (named,) = split_state_dict(one.state_dict())
+            shapes.update(
+                {
+                    f"levels.{j}.{entry.index}.{n}": tuple(t.shape)
+                    for n, t in named.items()
+                    if not n.startswith("head.")
+                }
+            )
     return shapes
 
 
@@ -323,9 +473,16 @@ def load_artifact(path: Path) -> Artifact:
     raw_domains = _require(manifest, "domains", list, "")
     if not raw_domains:
         raise ArtifactError("manifest: no domains")
-    domains = [_parse_domain(k, raw, arch, union) for k, raw in enumerate(raw_domains)]
+    budgets = _parse_budgets(manifest)
+    default_budget = manifest.get("budget")
+    if isinstance(default_budget, bool) or not isinstance(default_budget, int | float):
+        default_budget = 1.0  # an artifact that records no budget: served as one level of 1
+    domains = [
+        _parse_domain(k, raw, arch, union, budgets, float(default_budget))
+        for k, raw in enumerate(raw_domains)
+    ]
     for entry in domains:
-        if any(m % group for m in entry.mid_channels):
+        if any(m % group for level in entry.levels for m in level.mid_channels):
             raise ArtifactError(
                 f"manifest: domain {entry.name!r} keeps {entry.mid_channels} mid channels, not "
                 f"multiples of the channel group {group}"
@@ -370,10 +527,16 @@ def load_artifact(path: Path) -> Artifact:
                 f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape}"
             )
 
-    shared = {n: t for n, t in tensors.items() if not n.startswith("domains.")}
+    shared = {n: t for n, t in tensors.items() if not n.startswith(("domains.", "levels."))}
     per_domain: list[dict[str, Tensor]] = [{} for _ in domains]
+    per_level: list[list[dict[str, Tensor]]] = [
+        [{} for _ in domains] for _ in range(len(budgets or [0]) - 1)
+    ]
     for n, t in tensors.items():
         if n.startswith("domains."):
             _, k, rest = n.split(".", 2)
             per_domain[int(k)][rest] = t
-    return Artifact(path, manifest, arch, domains, shared, per_domain)
+        elif n.startswith("levels."):
+            _, j, k, rest = n.split(".", 3)
+            per_level[int(j) - 1][int(k)][rest] = t
+    return Artifact(path, manifest, arch, domains, shared, per_domain, per_level)

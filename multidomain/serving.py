@@ -41,9 +41,11 @@ __all__ = [
     "ServedDomain",
     "ServingSettings",
     "UnknownDomainError",
+    "UnknownLevelError",
     "class_probabilities",
     "env_name",
     "error_body",
+    "level_label",
 ]
 
 #: Prefix of every environment variable the servers read.
@@ -142,13 +144,24 @@ def class_probabilities(network: nn.Module, images: Tensor) -> Tensor:
         return torch.softmax(network(images), dim=1)
 
 
+class UnknownLevelError(LookupError):
+    """The model serves no such budget level; the message lists the ones it serves."""
+
+
+def level_label(budget: float) -> str:
+    """A budget level as a label, a header value and a response field: ``0.5``, ``1``."""
+    return f"{budget:g}"
+
+
 @dataclass(frozen=True)
 class ServedDomain:
-    """One domain as served: its manifest entry, its served network (uint8 pixels in, logits
-    out: a :class:`~multidomain.compact.DomainNetwork`) and its preprocessing."""
+    r"""One domain as served: its manifest entry, its served network at every budget level
+    (uint8 pixels in, logits out: :class:`~multidomain.compact.DomainNetwork`\ s on one
+    backbone, the largest level first; one level unless the artifact is nested) and its
+    preprocessing."""
 
     entry: DomainEntry
-    network: nn.Module
+    networks: tuple[nn.Module, ...]
     transform: Callable[[Image.Image], Tensor]
 
     #: dtype of the network's input: preprocessing hands over pixels, the network normalises.
@@ -157,6 +170,29 @@ class ServedDomain:
     @property
     def name(self) -> str:
         return self.entry.name
+
+    @property
+    def network(self) -> nn.Module:
+        """The largest level's network."""
+        return self.networks[0]
+
+    @property
+    def budgets(self) -> tuple[float, ...]:
+        """The budget levels served, largest first."""
+        return tuple(level.budget for level in self.entry.levels)
+
+    def level(self, budget: float | None) -> int:
+        """The index of the level of ``budget`` (``None``: the largest, 0);
+        ``UnknownLevelError`` listing the levels otherwise."""
+        if budget is None:
+            return 0
+        for index, served in enumerate(self.budgets):
+            if abs(served - budget) < 1e-9:
+                return index
+        levels = ", ".join(level_label(b) for b in self.budgets)
+        raise UnknownLevelError(
+            f"domain {self.name!r} serves no budget level {budget:g}; its levels are {levels}"
+        )
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -204,7 +240,12 @@ class ServedArtifact:
         backbone = artifact.compact_backbone(materialized_domains)
         domains = {
             entry.name: ServedDomain(
-                entry, DomainNetwork(backbone, entry.index), eval_resize(entry.image_size)
+                entry,
+                tuple(
+                    DomainNetwork(backbone, artifact.slot(entry.index, level))
+                    for level in range(len(entry.levels))
+                ),
+                eval_resize(entry.image_size),
             )
             for entry in artifact.domains
         }
@@ -230,12 +271,16 @@ class ServedArtifact:
             known = ", ".join(sorted(self.domains))
             raise UnknownDomainError(f"unknown domain {name!r}; known domains: {known}") from None
 
-    def answer(self, domain: ServedDomain, probabilities: Tensor, k: int) -> dict[str, Any]:
-        """encode: the answer to one image, ``{"model", "version", "domain", "predictions"}``
-        (the service's ``PredictResponse``)."""
+    def answer(
+        self, domain: ServedDomain, probabilities: Tensor, k: int, level: int = 0
+    ) -> dict[str, Any]:
+        """encode: the answer to one image, ``{"model", "version", "domain", "budget",
+        "predictions"}`` (the service's ``PredictResponse``); ``budget`` is the level that
+        answered."""
         return {
             "model": self.name,
             "version": self.version,
             "domain": domain.name,
+            "budget": domain.budgets[level],
             "predictions": domain.top_k(probabilities, k),
         }

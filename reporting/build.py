@@ -13,7 +13,9 @@ shown as missing and whatever cannot be plotted is skipped. Plots:
 * ``cost_vs_budget.png``: compact params / backbone params and domain MACs / backbone MACs
   (mean, bars min..max) vs budget, with the single-domain backbone (1.0) and the budget line;
 * ``channel_usage_<model>_<version>.png``: per block, which backbone channels each domain uses
-  and which survive pruning (all runs, or those at the default budget when there are many).
+  and which survive pruning (all runs, or those at the default budget when there are many);
+* ``nested_accuracy_vs_budget.png`` (when a run is nested, ``mdprune train --budgets``): each
+  nested run's levels next to the runs trained alone at one budget, also as a table.
 
 Every run is also checked against its budget: a domain whose ``params_fraction`` or
 ``macs_fraction`` (the ones its ``budget_metric`` caps) exceeds the budget is reported.
@@ -39,10 +41,18 @@ from reporting.channels import ChannelUsage, channel_usage
 from reporting.checks import check_runs
 from reporting.errors import ReportError
 from reporting.inputs import Run, collect_runs
-from reporting.plots import ACCURACY_PLOT, COST_PLOT, plot_accuracy, plot_channel_usage, plot_costs
+from reporting.plots import (
+    ACCURACY_PLOT,
+    COST_PLOT,
+    NESTED_PLOT,
+    plot_accuracy,
+    plot_channel_usage,
+    plot_costs,
+    plot_nested,
+)
 from reporting.render import reference_row, render_markdown, run_row
 
-__all__ = ["DEFAULT_BUDGET", "MAX_CHANNEL_PLOTS", "build_report", "missing_fields"]
+__all__ = ["DEFAULT_BUDGET", "MAX_CHANNEL_PLOTS", "build_report", "missing_fields", "nested_rows"]
 
 DEFAULT_BUDGET = 0.5
 MAX_CHANNEL_PLOTS = 6
@@ -147,6 +157,30 @@ def _lost(previous: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Cou
     return +lost
 
 
+def nested_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Every nested run's levels, each next to the runs trained alone at its budget (their
+    best mean test accuracy) and the difference."""
+    alone: dict[float, list[float]] = {}
+    for run in runs:
+        if not run.levels and run.budget is not None and run.mean_test_accuracy is not None:
+            alone.setdefault(round(run.budget, 9), []).append(run.mean_test_accuracy)
+    rows = []
+    for run in runs:
+        for budget, accuracy in run.levels:
+            same = alone.get(round(budget, 9))
+            best = max(same) if same else None
+            rows.append(
+                {
+                    "run": run.label,
+                    "budget": budget,
+                    "nested_mean_test_accuracy": accuracy,
+                    "alone_mean_test_accuracy": best,
+                    "difference": None if accuracy is None or best is None else accuracy - best,
+                }
+            )
+    return rows
+
+
 def _previous_report(out_dir: Path) -> dict[str, Any] | None:
     path = out_dir / "report.json"
     if not path.is_file():
@@ -162,7 +196,11 @@ def _plot_files(report: Mapping[str, Any]) -> set[str]:
     plots = report.get("plots")
     if not isinstance(plots, Mapping):
         return set()
-    names = [plots.get("accuracy_vs_budget"), plots.get("cost_vs_budget")]
+    names = [
+        plots.get("accuracy_vs_budget"),
+        plots.get("cost_vs_budget"),
+        plots.get("nested_accuracy_vs_budget"),
+    ]
     channel = plots.get("channel_usage")
     names += channel if isinstance(channel, list) else []
     return {n for n in names if isinstance(n, str) and n.endswith(".png") and Path(n).name == n}
@@ -216,6 +254,8 @@ def build_report(
         plots["accuracy_vs_budget"] = ACCURACY_PLOT
     if plot_costs(runs, out_dir / COST_PLOT):
         plots["cost_vs_budget"] = COST_PLOT
+    if plot_nested(runs, out_dir / NESTED_PLOT):
+        plots["nested_accuracy_vs_budget"] = NESTED_PLOT
     for run, usage in channel_runs:
         assert run.channel_plot is not None
         plot_channel_usage(run, usage, out_dir / run.channel_plot)
@@ -227,6 +267,7 @@ def build_report(
         "rows": rows,
         "references": [reference_row(r) for r in references],
         "plots": plots,
+        "nested": nested_rows(runs),
         "budget_check": {
             status: sum(r.budget_status == status for r in runs)
             for status in ("ok", "over", "unchecked")

@@ -66,6 +66,8 @@ class Run:
     budget_notes: list[str] = field(default_factory=list)
     channel_plot: str | None = None
     note: str | None = None  # where its data came from, when not from its artifact folder
+    #: a nested artifact's levels: (budget, mean test accuracy), largest budget first
+    levels: list[tuple[float, float | None]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -160,6 +162,12 @@ def run_from_manifest(manifest: Mapping[str, Any], source: str) -> Run:
             for n, x in zip(names, latencies, strict=True)
         },
         time_batch=batch,
+        levels=[
+            (level_budget, _number(level.get("mean_test_accuracy")))
+            for level in manifest.get("levels", [])
+            if isinstance(level, Mapping)
+            and (level_budget := _number(level.get("budget"))) is not None
+        ],
     )
 
 

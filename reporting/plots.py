@@ -24,12 +24,15 @@ from reporting.inputs import Reference, Run, as_mapping, sharing_key
 __all__ = [
     "ACCURACY_PLOT",
     "COST_PLOT",
+    "NESTED_PLOT",
     "plot_accuracy",
     "plot_channel_usage",
     "plot_costs",
+    "plot_nested",
 ]
 
 ACCURACY_PLOT = "accuracy_vs_budget.png"
+NESTED_PLOT = "nested_accuracy_vs_budget.png"
 COST_PLOT = "cost_vs_budget.png"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
@@ -105,6 +108,54 @@ def plot_accuracy(runs: Sequence[Run], references: Sequence[Reference], path: Pa
     _budget_axis(axes, points)
     axes.set_ylabel("mean test accuracy (over domains)")
     axes.set_title("Accuracy vs budget")
+    figure.legend(loc="outside right upper", fontsize="small")
+    _save(figure, path)
+    return True
+
+
+def plot_nested(runs: Sequence[Run], path: Path) -> bool:
+    """Mean test accuracy vs budget of every nested run's levels, next to the runs trained
+    alone at one budget (one line per sharing variant); ``False`` (no file) without a nested
+    run."""
+    nested = [r for r in runs if r.levels]
+    if not nested:
+        return False
+    _agg()
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9.5, 5.0), layout="constrained")
+    axes = figure.add_subplot()
+    for k, run in enumerate(nested):
+        points = [(b, a) for b, a in run.levels if a is not None]
+        axes.plot(
+            [b for b, _ in points],
+            [a for _, a in points],
+            marker=MARKERS[k % len(MARKERS)],
+            color=f"C{k % 10}",
+            label=f"nested levels, one run: {run.label}",
+        )
+    alone = [r for r in runs if not r.levels and r.budget is not None]
+    for sharing, group in _by_sharing(alone).items():
+        points = [
+            (r.budget, r.mean_test_accuracy)
+            for r in group
+            if r.budget is not None and r.mean_test_accuracy is not None
+        ]
+        if points:
+            axes.plot(
+                [b for b, _ in points],
+                [a for _, a in points],
+                marker="x",
+                color="0.3",
+                linestyle="--",
+                label=f"trained alone per budget (sharing: {sharing})",
+            )
+    budgets = sorted({b for r in nested for b, _ in r.levels})
+    axes.set_xlabel("budget β (each domain's cost cap, fraction of the backbone)")
+    axes.set_xticks(budgets)
+    axes.grid(True, alpha=0.3)
+    axes.set_ylabel("mean test accuracy (over domains)")
+    axes.set_title("Nested levels vs models trained alone")
     figure.legend(loc="outside right upper", fontsize="small")
     _save(figure, path)
     return True

@@ -144,6 +144,24 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ]
         notes = "; ".join(row["budget_notes"])
         lines.append(f"- `{row['model_name']}/{row['version']}`: {status}: {notes}")
+    nested = report.get("nested") or []
+    if nested:
+        lines += [
+            "",
+            "## Nested levels vs trained alone",
+            "",
+            "Mean test accuracy of each level of a nested run (one training run, one artifact) "
+            "and of the runs trained alone at that budget (the best of them).",
+            "",
+            "| nested run | budget | nested | alone | nested - alone |",
+            "|---|---|---|---|---|",
+        ]
+        for row in nested:
+            nested_accuracy = _fmt(row["nested_mean_test_accuracy"], 4)
+            lines.append(
+                f"| `{row['run']}` | {row['budget']:g} | {nested_accuracy} "
+                f"| {_fmt(row['alone_mean_test_accuracy'], 4)} | {_fmt(row['difference'], 4)} |"
+            )
     plots = report["plots"]
     lines += ["", "## Figures", ""]
     for key, caption in (
@@ -154,6 +172,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             lines += [f"### {caption}", "", f"![{caption}]({plots[key]})", ""]
         else:
             lines += [f"### {caption}", "", "Not drawn: no run records both.", ""]
+    if plots.get("nested_accuracy_vs_budget"):
+        caption = "Nested levels vs models trained alone"
+        lines += [f"### {caption}", "", f"![{caption}]({plots['nested_accuracy_vs_budget']})", ""]
     if plots["channel_usage"]:
         lines += ["### Channel usage (which channels each domain uses, which survive pruning)", ""]
         for row in rows:

@@ -29,6 +29,7 @@ __all__ = [
     "TooManyImages",
     "Unauthorized",
     "UnknownDomain",
+    "UnknownLevel",
     "UnsupportedMediaType",
     "error_response",
 ]
@@ -50,6 +51,14 @@ class UnknownDomain(ServiceError):
     status = 404
     type = "unknown_domain"
     reason = "unknown_domain"
+
+
+class UnknownLevel(ServiceError):
+    """A request names a budget level the model does not serve (the message lists them)."""
+
+    status = 422
+    type = "unknown_level"
+    reason = "unknown_level"
 
 
 class UnsupportedMediaType(ServiceError):

@@ -184,6 +184,20 @@ class ServiceMetrics:
             "Model versions in memory: 1, and 2 while a switch drains the old version.",
             registry=registry,
         )
+        self.level_images = Counter(
+            "mdp_level_images_total",
+            "Images answered by domain and budget level (the level that computed them: a "
+            "nested artifact's levels, '1' otherwise); the level mix over time.",
+            ["domain", "level"],
+            registry=registry,
+        )
+        self.degradation_level = Gauge(
+            "mdp_degradation_level",
+            "Levels below the largest that graceful degradation allows now (0: none; with "
+            "several worker processes the most degraded worker's).",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         ProcessCollector(registry=registry)
         self._shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         #: what /metrics answers: this registry, or every worker's values when there are several
@@ -268,6 +282,11 @@ class ServiceMetrics:
                 in_flight=self.in_flight.labels(domain=domain),
             )
         return series
+
+    def level_counters(self, domain: str, levels: Iterable[str]) -> list[Counter]:
+        """The ``mdp_level_images_total`` series of a domain's levels, in order (label values:
+        the served artifact's levels only, so the series stay bounded)."""
+        return [self.level_images.labels(domain=domain, level=level) for level in levels]
 
     def reject(self, domain: str, reason: str) -> None:
         self.rejections.labels(domain=domain, reason=reason).inc()

@@ -12,17 +12,24 @@ from typing import Any
 
 from torch import Tensor
 
-from multidomain.artifact import ArtifactError, DomainEntry, load_artifact
+from multidomain.artifact import ArtifactError, DomainEntry, LevelEntry, load_artifact
 from multidomain.preprocess import ImageDecodeError, ImageTooLargeError
-from multidomain.serving import ServedArtifact, ServedDomain, UnknownDomainError
+from multidomain.serving import (
+    ServedArtifact,
+    ServedDomain,
+    UnknownDomainError,
+    UnknownLevelError,
+    level_label,
+)
 from multidomain.store import resolve_artifact
-from service.engine import DomainModel
-from service.errors import BadImage, ImageTooLarge, UnknownDomain
+from service.engine import Answer, DomainModel
+from service.errors import BadImage, ImageTooLarge, UnknownDomain, UnknownLevel
 from service.schemas import (
     BatchItem,
     BatchPredictResponse,
     DomainDetail,
     DomainSummary,
+    LevelSummary,
     ModelSummary,
     PredictResponse,
 )
@@ -62,22 +69,56 @@ class ServedModel(ServedArtifact):
         except ImageDecodeError as exc:
             raise BadImage(str(exc)) from None
 
-    def encode(self, domain: ServedDomain, probabilities: Tensor, top_k: int) -> PredictResponse:
-        """encode: the answer to one image."""
-        return PredictResponse.model_validate(self.answer(domain, probabilities, top_k))
+    def encode(
+        self, domain: ServedDomain, probabilities: Tensor, top_k: int, level: int = 0
+    ) -> PredictResponse:
+        """encode: the answer to one image, computed at ``level``."""
+        return PredictResponse.model_validate(self.answer(domain, probabilities, top_k, level))
 
     def encode_batch(
-        self, domain: ServedDomain, rows: Sequence[Tensor], top_k: int
+        self, domain: ServedDomain, rows: Sequence[Answer], top_k: int
     ) -> BatchPredictResponse:
         """encode: the answer to a batch, one entry per image in request order."""
+        budgets = domain.budgets
         return BatchPredictResponse(
             model=self.name,
             version=self.version,
             domain=domain.name,
             results=[
-                BatchItem.model_validate({"predictions": domain.top_k(row, top_k)}) for row in rows
+                BatchItem.model_validate(
+                    {
+                        "budget": budgets[row.level],
+                        "predictions": domain.top_k(row.probabilities, top_k),
+                    }
+                )
+                for row in rows
             ],
         )
+
+    def level(self, domain: ServedDomain, budget: str | None) -> int:
+        """The level a request names (``?budget=`` or ``X-Budget``; ``None``: the largest);
+        ``UnknownLevel`` (422) listing the domain's levels otherwise."""
+        if budget is None:
+            return 0
+        try:
+            value = float(budget)
+        except ValueError:
+            value = math.nan
+        try:
+            if not math.isfinite(value):
+                raise UnknownLevelError(
+                    f"budget {budget!r} is not a number; the levels of domain {domain.name!r} "
+                    f"are {', '.join(level_label(b) for b in domain.budgets)}"
+                )
+            return domain.level(value)
+        except UnknownLevelError as exc:
+            raise UnknownLevel(str(exc)) from None
+
+    @property
+    def budgets(self) -> list[float]:
+        """The budget levels every domain serves, largest first."""
+        first = next(iter(self.domains.values()))
+        return list(first.budgets)
 
     def summary(self) -> ModelSummary:
         backbone = self.manifest.get("backbone")
@@ -136,7 +177,23 @@ class ServedModel(ServedArtifact):
             predicted_time_fraction=_fractions(latency.get("predicted_fraction")),
             val_accuracy=_number(info.get("val_accuracy")),
             test_accuracy=_number(info.get("test_accuracy")),
+            levels=[_level_summary(level) for level in entry.levels],
         )
+
+
+def _level_summary(level: LevelEntry) -> LevelSummary:
+    info = level.info
+    latency: dict[str, Any] = info["latency"] if isinstance(info.get("latency"), dict) else {}
+    return LevelSummary(
+        budget=level.budget,
+        channels=sum(level.mid_channels),
+        params=_integer(info.get("params")),
+        macs=_integer(info.get("macs")),
+        params_fraction=_number(info.get("params_fraction")),
+        macs_fraction=_number(info.get("macs_fraction")),
+        measured_time_fraction=_fractions(latency.get("measured_fraction")),
+        test_accuracy=_number(info.get("test_accuracy")),
+    )
 
 
 def load_served_model(
@@ -157,7 +214,9 @@ def load_served_model(
         )
     model = ServedModel.build(artifact, settings.materialized_domains)
     networks = {
-        name: DomainModel(domain.network, domain.input_shape, domain.input_dtype)
+        name: DomainModel(
+            domain.network, domain.input_shape, domain.input_dtype, domain.networks[1:]
+        )
         for name, domain in model.domains.items()
     }
     return model, networks

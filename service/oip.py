@@ -114,6 +114,7 @@ async def infer(
 ) -> Response:
     _served(state, model_name, model_version)
     model, served, deadline, body_deadline = _begin(state, model_name)
+    level = model.level(served, request.headers.get("x-budget"))
     settings = state.settings
     reading = True
     try:
@@ -124,7 +125,7 @@ async def infer(
             parsed, binary_start = _parse_request(body, request.headers.get(HEADER_LENGTH))
             images = _input_images(parsed, body[binary_start:], settings.max_batch_images)
             top_k, outputs, binary_default = _answer_options(parsed, settings.default_top_k)
-            rows = await _infer(state, served, images, deadline, request.receive, batch=True)
+            rows = await _infer(state, served, images, deadline, request.receive, level, batch=True)
     except TimeoutError:
         raise _timed_out(reading, body_deadline, deadline) from None
     answer = model.encode_batch(served, rows, top_k)

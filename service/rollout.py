@@ -32,6 +32,7 @@ from pathlib import Path
 
 from multidomain.artifact import MANIFEST_FILE, WEIGHTS_FILE, ArtifactError
 from multidomain.store import resolve_artifact
+from service.degrade import DegradePolicy
 from service.engine import DomainModel, InferenceEngine
 from service.model import ServedModel, load_served_model
 from service.state import ServedVersion, ServiceState
@@ -55,6 +56,7 @@ async def warm_up(
 ) -> ServedVersion:
     """A started engine for ``networks``; stopped again if warming up fails."""
     settings = state.settings
+    budgets = model.budgets
     engine = InferenceEngine(
         networks,
         state.metrics,
@@ -62,6 +64,17 @@ async def warm_up(
         max_wait_ms=settings.max_wait_ms,
         queue_size=settings.queue_size,
         torch_threads=settings.torch_threads,
+        policy=DegradePolicy(
+            len(budgets),
+            settings.request_timeout_s,
+            settings.degrade_high,
+            settings.degrade_low,
+            settings.degrade_hold_ms / 1000.0,
+            enabled=True,
+        )
+        if settings.degrade
+        else None,
+        budgets=budgets,
     )
     try:
         await engine.start()

@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.types import Receive
 from torch import Tensor
 
-from multidomain.serving import ServedDomain
-from service.engine import InferenceEngine
+from multidomain.serving import ServedDomain, level_label
+from service.engine import Answer, InferenceEngine
 from service.errors import (
     BadImage,
     BodyTimeout,
@@ -64,6 +64,14 @@ TopK = Annotated[
         "Default: the service's MDP_DEFAULT_TOP_K.",
     ),
 ]
+Budget = Annotated[
+    str | None,
+    Query(
+        description="The budget level to answer at (a nested artifact's, e.g. 0.5; also the "
+        "X-Budget header). Default: the largest. Graceful degradation may answer at a cheaper "
+        "level; the response's budget field and X-Budget header name the one that answered.",
+    ),
+]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -74,7 +82,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         408: "The request body did not arrive within the body timeout.",
         413: "Request body or number of images over the limit.",
         415: "Unsupported media type.",
-        422: "Undecodable image, too many pixels, or invalid parameters.",
+        422: "Undecodable image, too many pixels, an unknown budget level (the message lists "
+        "the levels), or invalid parameters.",
         429: "Overloaded (in-flight, decoding or queue bound); retry after Retry-After seconds.",
         503: "Not ready (loading or shutting down), or overloaded when so configured.",
         504: "The request's deadline passed.",
@@ -125,7 +134,7 @@ class _PredictRoute(APIRoute):
         endpoint = self.endpoint
 
         async def handle(request: Request) -> Response:
-            options = {}
+            options: dict[str, Any] = {}
             top_k = request.query_params.get("top_k")
             if top_k is not None:
                 try:
@@ -134,6 +143,9 @@ class _PredictRoute(APIRoute):
                     raise RequestValidationError(
                         [{**error, "loc": ("query", "top_k")} for error in exc.errors()]
                     ) from None
+            budget = request.query_params.get("budget", request.headers.get("x-budget"))
+            if budget is not None:
+                options["budget"] = budget
             response: Response = await endpoint(
                 request.path_params["domain"], request, request.app.state.service, **options
             )
@@ -164,20 +176,27 @@ def _predict_route(path: str, **options: Any) -> Callable[[_Endpoint], _Endpoint
     openapi_extra=_SINGLE_BODY,
     summary="Classify one image of a domain",
 )
-async def predict(domain: str, request: Request, state: State, top_k: TopK = None) -> Response:
+async def predict(
+    domain: str, request: Request, state: State, top_k: TopK = None, budget: Budget = None
+) -> Response:
     model, served, deadline, body_deadline = _begin(state, domain)
+    level = model.level(served, budget)
     reading = True
     try:
         async with asyncio.timeout_at(min(body_deadline, deadline)) as timeout:
             data = await read_single_image(request, state.settings.max_body_bytes)
             reading = False
             timeout.reschedule(deadline)
-            (probabilities,) = await _infer(
-                state, served, [data], deadline, request.receive, batch=False
+            (answer,) = await _infer(
+                state, served, [data], deadline, request.receive, level, batch=False
             )
     except TimeoutError:
         raise _timed_out(reading, body_deadline, deadline) from None
-    return _json(model.encode(served, probabilities, top_k or state.settings.default_top_k))
+    top = top_k or state.settings.default_top_k
+    return _json(
+        model.encode(served, answer.probabilities, top, answer.level),
+        served.budgets[answer.level],
+    )
 
 
 @_predict_route(
@@ -188,9 +207,10 @@ async def predict(domain: str, request: Request, state: State, top_k: TopK = Non
     summary="Classify several images of one domain",
 )
 async def predict_batch(
-    domain: str, request: Request, state: State, top_k: TopK = None
+    domain: str, request: Request, state: State, top_k: TopK = None, budget: Budget = None
 ) -> Response:
     model, served, deadline, body_deadline = _begin(state, domain)
+    level = model.level(served, budget)
     settings = state.settings
     reading = True
     try:
@@ -200,10 +220,11 @@ async def predict_batch(
             )
             reading = False
             timeout.reschedule(deadline)
-            rows = await _infer(state, served, images, deadline, request.receive, batch=True)
+            rows = await _infer(state, served, images, deadline, request.receive, level, batch=True)
     except TimeoutError:
         raise _timed_out(reading, body_deadline, deadline) from None
-    return _json(model.encode_batch(served, rows, top_k or state.settings.default_top_k))
+    answered = served.budgets[max(row.level for row in rows)]  # the cheapest that answered
+    return _json(model.encode_batch(served, rows, top_k or settings.default_top_k), answered)
 
 
 @router.get("/v1/domains", response_model=ModelSummary, responses=_ERRORS, summary="The model")
@@ -289,9 +310,10 @@ async def _infer(
     images: Sequence[bytes],
     deadline: float,
     receive: Receive,
+    level: int,
     *,
     batch: bool,
-) -> list[Tensor]:
+) -> list[Answer]:
     """Decode and preprocess (small images at once on the event loop, larger ones on the
     preprocessing threads), then queue on the engine, until the answer or the client's
     disconnect (then the work is dropped: ``ClientClosedRequest``)."""
@@ -334,8 +356,8 @@ async def _infer(
     watcher.add_done_callback(on_disconnect)
     try:
         if tensors is None:
-            tensors = await _decode_on_threads(state, pool, engine, name, images, preprocess)
-        return await engine.predict(name, tensors, deadline)
+            tensors = await _decode_on_threads(state, pool, engine, name, level, images, preprocess)
+        return await engine.answer(name, tensors, deadline, level)
     except asyncio.CancelledError:
         if not gone:
             raise
@@ -354,6 +376,7 @@ async def _decode_on_threads(
     pool: Executor,
     engine: InferenceEngine,
     name: str,
+    level: int,
     images: Sequence[bytes],
     preprocess: Callable[[int, bytes], Tensor],
 ) -> list[Tensor]:
@@ -364,7 +387,7 @@ async def _decode_on_threads(
     admission.start_decoding(len(images))
     jobs: list[asyncio.Future[Tensor]] = []
     try:
-        with engine.arriving(name, len(images)):
+        with engine.arriving(name, len(images), level):
             jobs = [
                 loop.run_in_executor(pool, preprocess, index, data)
                 for index, data in enumerate(images)
@@ -383,7 +406,12 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-def _json(answer: BaseModel) -> Response:
+def _json(answer: BaseModel, budget: float) -> Response:
     """The answer, already validated on construction, serialised once: FastAPI would dump,
-    re-validate and dump it again for ``response_model`` (which still documents it)."""
-    return Response(answer.model_dump_json(), media_type="application/json")
+    re-validate and dump it again for ``response_model`` (which still documents it); the
+    ``X-Budget`` header names the level that answered (a batch's cheapest)."""
+    return Response(
+        answer.model_dump_json(),
+        media_type="application/json",
+        headers={"X-Budget": level_label(budget)},
+    )

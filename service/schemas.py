@@ -11,14 +11,22 @@ class Prediction(BaseModel):
     probability: float
 
 
+_ANSWERED_BY = (
+    "The budget level that computed this answer: the one asked for (?budget= or X-Budget; "
+    "default the largest) or, under graceful degradation, a cheaper one."
+)
+
+
 class PredictResponse(BaseModel):
     model: str
     version: str
     domain: str
+    budget: float = Field(description=_ANSWERED_BY)
     predictions: list[Prediction] = Field(description="Top-k classes, most probable first.")
 
 
 class BatchItem(BaseModel):
+    budget: float = Field(description=_ANSWERED_BY)
     predictions: list[Prediction]
 
 
@@ -27,6 +35,17 @@ class BatchPredictResponse(BaseModel):
     version: str
     domain: str
     results: list[BatchItem] = Field(description="One entry per image, in request order.")
+
+
+class LevelSummary(BaseModel):
+    budget: float
+    channels: int = Field(description="Backbone mid channels this level runs, all blocks.")
+    params: int | None = None
+    macs: int | None = None
+    params_fraction: float | None = None
+    macs_fraction: float | None = None
+    measured_time_fraction: dict[str, float] | None = None
+    test_accuracy: float | None = None
 
 
 class DomainSummary(BaseModel):
@@ -51,6 +70,11 @@ class DomainSummary(BaseModel):
     )
     val_accuracy: float | None = None
     test_accuracy: float | None = None
+    levels: list[LevelSummary] = Field(
+        default_factory=list,
+        description="The budget levels served, largest first (one unless the artifact is "
+        "nested); a request picks one with ?budget= or X-Budget.",
+    )
 
 
 class ModelSummary(BaseModel):

@@ -90,6 +90,31 @@ class ServiceSettings(BaseSettings):
     request_timeout_s: float = Field(
         default=10.0, gt=0, le=3600, description="Per-request deadline."
     )
+    degrade: bool = Field(
+        default=False,
+        description="Graceful degradation (on/off): under load, batches run at a cheaper "
+        "budget level of a nested artifact before any request is shed (service.degrade).",
+    )
+    degrade_high: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Queue delay, as a fraction of the request deadline, above which "
+        "degradation moves one level down.",
+    )
+    degrade_low: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Queue delay, as a fraction of the request deadline, below which "
+        "degradation moves one level back up.",
+    )
+    degrade_hold_ms: float = Field(
+        default=500.0,
+        ge=0,
+        le=600000,
+        description="Least time between two level changes of graceful degradation.",
+    )
     max_body_bytes: int = Field(
         default=MAX_BODY_BYTES, ge=1024, description="Largest request body."
     )
@@ -245,6 +270,15 @@ class ServiceSettings(BaseSettings):
         if value not in (429, 503):
             raise ValueError("must be 429 or 503")
         return value
+
+    @model_validator(mode="after")
+    def _degrade_band(self) -> ServiceSettings:
+        if self.degrade_low >= self.degrade_high:
+            raise ValueError(
+                f"MDP_DEGRADE_LOW ({self.degrade_low}) must be below MDP_DEGRADE_HIGH "
+                f"({self.degrade_high})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batch_fits_queues(self) -> ServiceSettings:

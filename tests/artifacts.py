@@ -124,3 +124,114 @@ def offline_reference(artifact_path: Path) -> Callable[[str, bytes], torch.Tenso
             return torch.softmax(networks[domain](x), dim=1)[0]
 
     return reference
+
+
+NESTED_BUDGETS = (1.0, 0.6, 0.35)
+
+
+def write_tiny_nested_artifact(
+    model_store: Path,
+    model_name: str = "nested",
+    version: str = "v1",
+    budgets: tuple[float, ...] = NESTED_BUDGETS,
+    seed: int = 0,
+    arch: ArchSpec | None = None,
+) -> Path:
+    """A nested artifact as training exports it: every domain's levels from random scores
+    through ``nested_group_masks`` (so nested), each level with BatchNorm statistics of its own
+    (random, different per level) and the domain's one head."""
+    from multidomain.costs import linear_cost
+    from training.nested import nested_group_masks
+
+    arch = arch or ArchSpec(width_mult=0.125, image_size=16)
+    model, _ = make_tiny_model(arch, seed=seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    costs = [linear_cost(arch, "params")]
+    per_domain = [
+        nested_group_masks(
+            [torch.rand(w, generator=generator) for w in arch.full_mid_channels()],
+            costs,
+            budgets,
+            1,
+        )
+        for _ in TINY_DOMAINS
+    ]
+    levels = [
+        [torch.stack([d[j][b] for d in per_domain]) for b in range(len(arch.blocks()))]
+        for j in range(len(budgets))
+    ]
+    parts = []
+    for j in range(len(budgets)):
+        randomise_batchnorm(model, seed + 10 * j)  # each level its own statistics
+        parts.append(prune_to_compact(model, levels[0], levels[j]))
+    domains = []
+    for k, (name, labels) in enumerate(TINY_DOMAINS.items()):
+        domains.append(
+            {
+                "name": name,
+                "labels": labels,
+                "channels": parts[0].channels[k],
+                "image_size": arch.image_size,
+                "mean": [0.5, 0.4, 0.3],
+                "std": [0.25, 0.2, 0.3],
+                "budget": budgets[0],
+                "levels": [
+                    {
+                        "budget": budget,
+                        "channels": parts[j].channels[k],
+                        "test_accuracy": 0.9 - 0.1 * j,
+                        "params": 1000 - 100 * j,
+                    }
+                    for j, budget in enumerate(budgets)
+                ],
+            }
+        )
+    manifest = {
+        "model_name": model_name,
+        "version": version,
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "command": "tests",
+        "architecture": arch.to_dict(),
+        "compact_mid_channels": parts[0].union_mid_channels,
+        "channel_group": 1,
+        "budget": budgets[0],
+        "budgets": list(budgets),
+        "budget_metric": "params",
+        "sharing": {"variant": "none", "weight": 0.0, "learnable_weight": False},
+        "domains": domains,
+    }
+    level_tensors = [
+        [
+            {n: t for n, t in named.items() if not n.startswith("head.")}
+            for named in p.domain_tensors
+        ]
+        for p in parts[1:]
+    ]
+    return write_artifact(
+        Path(model_store) / model_name / version,
+        manifest,
+        parts[0].shared,
+        parts[0].domain_tensors,
+        level_tensors,
+    )
+
+
+def nested_offline_reference(artifact_path: Path) -> Callable[[str, int, bytes], torch.Tensor]:
+    """A nested artifact's offline evaluation: a domain's class probabilities at a level (its
+    compact subnetwork of that level on ``eval_transform``)."""
+    artifact = load_artifact(artifact_path)
+    networks = {
+        (entry.name, j): artifact.level_subnet(entry.name, j)
+        for entry in artifact.domains
+        for j in range(len(entry.levels))
+    }
+
+    def reference(domain: str, level: int, data: bytes) -> torch.Tensor:
+        entry = artifact.domain(domain)
+        transform = eval_transform(entry.image_size, entry.mean, entry.std)
+        with Image.open(io.BytesIO(data)) as image:
+            x = transform(image).unsqueeze(0)
+        with torch.no_grad():
+            return torch.softmax(networks[(domain, level)](x), dim=1)[0]
+
+    return reference

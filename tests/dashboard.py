@@ -45,6 +45,8 @@ SERVICE_SERIES: frozenset[str] = frozenset(
         "mdp_requests_total",
         "mdp_rejections_total",
         "mdp_model_info",
+        "mdp_level_images_total",
+        "mdp_degradation_level",
     ]
     # prometheus_client's process collector, on the service's registry
     + ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"]
@@ -54,7 +56,13 @@ UNLABELLED_SERIES: frozenset[str] = frozenset(
     name
     for name in SERVICE_SERIES
     if name.startswith("process_")
-    or name in {"mdp_model_info", "mdp_preprocess_pending_images", "mdp_open_connections"}
+    or name
+    in {
+        "mdp_model_info",
+        "mdp_preprocess_pending_images",
+        "mdp_open_connections",
+        "mdp_degradation_level",
+    }
 )
 #: A series name of the service in a PromQL expression.
 SERIES_NAME = re.compile(r"\b(?:mdp|process)_\w+")

@@ -51,6 +51,7 @@ __all__ = [
     "BudgetConfig",
     "BudgetCosts",
     "BudgetMetric",
+    "NestedLevel",
     "TrainedModel",
     "budget_costs",
     "budget_target",
@@ -58,6 +59,18 @@ __all__ = [
     "initialise_scores",
     "train_budget_aware",
 ]
+
+
+@dataclass
+class NestedLevel:
+    """One level of a nested run (``training.nested``): its budget, its channel masks (per
+    block, bool ``[domains, channels]``), its BatchNorm running statistics (state-dict names)
+    and what it measured."""
+
+    budget: float
+    masks: list[Tensor]
+    statistics: dict[str, Tensor]
+    shared_bn_test: dict[str, float]  # test accuracy with the largest level's statistics
 
 
 @dataclass
@@ -79,6 +92,7 @@ class TrainedModel:
     sharing_weight: float = 0.0  # gamma at the end of training (learned, if learnable)
     projection: list[dict[str, list[list[int]]]] = field(default_factory=list)  # per domain
     compact_history: dict[str, Any] = field(default_factory=dict)  # ``training.history``
+    levels: list[NestedLevel] = field(default_factory=list)  # nested runs: largest first
 
     @property
     def group(self) -> int:

@@ -51,8 +51,22 @@ class BudgetConfig:
     seed: int = 0  # initialisation and batch order
     split_seed: int = 0  # the splits the domains were loaded with (checked against the backbone)
     history_every: int = 0  # steps per training-history row (0: about 40 rows)
+    # nested levels (``--budgets``), largest first; empty: one budget. ``budget`` is the largest
+    levels: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.levels:
+            for value in self.levels:
+                _check_fraction(value, "every budget of --budgets")
+            levels = tuple(sorted(set(self.levels), reverse=True))
+            if len(levels) < 2 or len(levels) != len(self.levels):
+                raise ValueError(
+                    "--budgets needs at least two different budgets (one budget: --budget)"
+                )
+            if self.domain_budgets:
+                raise ValueError("--budgets cannot be combined with a domain's own --budget")
+            object.__setattr__(self, "levels", levels)
+            object.__setattr__(self, "budget", levels[0])
         _check_fraction(self.budget, "budget")
         names = [name for name, _ in self.domain_budgets]
         for name, value in self.domain_budgets:
@@ -140,7 +154,7 @@ def budget_costs(arch: ArchSpec, config: BudgetConfig) -> BudgetCosts:
             ("params", "macs") if config.budget_metric == "both" else (config.budget_metric,)
         )
         costs += [linear_cost(arch, m) for m in metrics]
-    lowest = min([config.budget, *(v for _, v in config.domain_budgets)])
+    lowest = min([config.budget, *config.levels, *(v for _, v in config.domain_budgets)])
     floors = {cost.name: cost.floor(group) for cost in costs}
     worst = max(floors, key=lambda name: floors[name])
     if lowest < floors[worst]:

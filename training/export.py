@@ -35,6 +35,7 @@ from training.budget import TrainedModel
 from training.common import command_line, console, evaluate
 from training.data import iterate_eval
 from training.errors import RunError
+from training.nested import level_statistics
 from training.protocol import protocol_of
 from training.prune import CompactParts, prune_to_compact
 
@@ -49,9 +50,14 @@ __all__ = [
 
 @torch.inference_mode()
 def compact_logit_difference(
-    trained: TrainedModel, parts: CompactParts, split: str = "test"
+    trained: TrainedModel,
+    parts: CompactParts,
+    split: str = "test",
+    masks_for: Callable[[int], list[Tensor]] | None = None,
 ) -> dict[str, float]:
-    """Max |logit difference| between each domain's compact subnetwork and the masked model."""
+    """Max |logit difference| between each domain's compact subnetwork and the masked model
+    (under ``masks_for``, default the trained masks)."""
+    masks_for = masks_for or trained.domain_masks
     model, device = trained.model.eval(), trained.runtime.device
     diffs = {}
     for k, data in enumerate(trained.domains):
@@ -64,7 +70,7 @@ def compact_logit_difference(
         with trained.runtime.full_precision():
             for images, _ in iterate_eval(data, split, 256):
                 x = normalize_batch(images.to(device), data.mean, data.std)
-                delta = (subnet(x) - model(x, k, trained.domain_masks(k))).abs().max()
+                delta = (subnet(x) - model(x, k, masks_for(k))).abs().max()
                 worst = max(worst, float(delta))
         diffs[data.name] = worst
     return diffs
@@ -199,7 +205,8 @@ def export_artifact(
                 "budget": budget,
                 "budget_costs": capped,
                 "learned_costs": trained.learned_costs[k],
-                "projection": trained.projection[k],
+                # nested runs project per level inside training: no single projection to record
+                "projection": trained.projection[k] if trained.projection else None,
                 "params": own.params,
                 "macs": own.macs,
                 "params_fraction": part.params / backbone.params,
@@ -272,7 +279,14 @@ def export_artifact(
         },
         "domains": entries,
     }
-    write_artifact(target, manifest, parts.shared, parts.domain_tensors)
+    level_tensors: list[list[dict[str, Tensor]]] = []
+    if trained.levels:
+        level_entries, level_tensors, level_means = _nested_levels(trained, parts, timing)
+        for entry, levels in zip(entries, level_entries, strict=True):
+            entry["levels"] = levels
+        manifest["budgets"] = [level.budget for level in trained.levels]
+        manifest["levels"] = level_means
+    write_artifact(target, manifest, parts.shared, parts.domain_tensors, level_tensors)
     largest = str(max(timing.batch_sizes))
     slowest = max(e["measured_fraction"][largest] for e in latency)
     console.print(
@@ -281,6 +295,87 @@ def export_artifact(
         f"slowest domain {slowest:.3f} x the backbone's time at batch {largest}"
     )
     return target, manifest
+
+
+def _nested_levels(
+    trained: TrainedModel, parts: CompactParts, timing: TimingConfig
+) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Tensor]]], list[dict[str, Any]]]:
+    """Every nested level of every domain: its manifest entry (channels into the compact union,
+    costs checked against the level's budget, params, MACs, measured time, accuracy, compact
+    logits against the masked model's), the BatchNorm tensors of every level but the largest
+    (whose are the domain's own), and each level's mean accuracy."""
+    model, arch, domains = trained.model, trained.model.arch, trained.domains
+    runtime, resolved = trained.runtime, trained.costs
+    backbone = backbone_totals(arch)
+    entries: list[list[dict[str, Any]]] = [[] for _ in domains]
+    tensors: list[list[dict[str, Tensor]]] = []
+    means = []
+    for j, level in enumerate(trained.levels):
+
+        def masks_for(k: int, masks: list[Tensor] = level.masks) -> list[Tensor]:
+            return [m[k].float().to(runtime.device) for m in masks]
+
+        with level_statistics(model, level):
+            val = evaluate(model, domains, "val", masks_for, runtime=runtime)
+            test = evaluate(model, domains, "test", masks_for, runtime=runtime)
+            own = prune_to_compact(model, trained.masks, level.masks)
+            logit_diff = compact_logit_difference(trained, own, masks_for=masks_for)
+        _, latency = measure_latency(trained, own, timing)
+        if j > 0:
+            tensors.append(
+                [
+                    {n: t for n, t in named.items() if not n.startswith("head.")}
+                    for named in own.domain_tensors
+                ]
+            )
+        for k, data in enumerate(domains):
+            mids = [len(c) for c in own.channels[k]]
+            capped = resolved.fractions(mids)
+            over = {name: value for name, value in capped.items() if value > level.budget + 1e-9}
+            if over or any(m % resolved.group for m in mids):
+                raise RunError(
+                    f"domain {data.name!r} does not hold its level budget {level.budget}: {over}"
+                )
+            part = subnet_totals(arch, mids)
+            whole = subnet_totals(arch, mids, data.num_classes)
+            entries[k].append(
+                {
+                    "budget": level.budget,
+                    "channels": own.channels[k],
+                    "mid_channels": mids,
+                    "budget_costs": capped,
+                    "params": whole.params,
+                    "macs": whole.macs,
+                    "params_fraction": part.params / backbone.params,
+                    "macs_fraction": part.macs / backbone.macs,
+                    "latency": latency[k],
+                    "val_accuracy": val[data.name],
+                    "test_accuracy": test[data.name],
+                    **(
+                        {"test_accuracy_shared_bn": level.shared_bn_test[data.name]}
+                        if data.name in level.shared_bn_test
+                        else {}
+                    ),
+                    "max_compact_logit_diff": logit_diff[data.name],
+                }
+            )
+        means.append(
+            {
+                "budget": level.budget,
+                "mean_val_accuracy": mean(val.values()),
+                "mean_test_accuracy": mean(test.values()),
+                **(
+                    {"mean_test_accuracy_shared_bn": mean(level.shared_bn_test.values())}
+                    if level.shared_bn_test
+                    else {}
+                ),
+            }
+        )
+        console.print(
+            f"level {level.budget:g}: mean test accuracy {mean(test.values()):.4f}, compact "
+            f"logits within {max(logit_diff.values()):.2e} of the masked model's"
+        )
+    return entries, tensors, means
 
 
 def _jsonable(value: Any) -> Any:

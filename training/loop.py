@@ -75,9 +75,11 @@ def train_steps(
     checkpoint_every: int = 0,
 ) -> list[dict[str, float]]:
     """Run steps ``start_step .. steps - 1``; ``network(images, domain)`` gives a domain's
-    logits (a ``StepNetwork``, possibly DDP-wrapped). ``checkpoint(done)`` runs after every
-    ``checkpoint_every`` steps but the last. Returns one row per step: ``step``, ``ce`` (summed
-    over domains), the extra loss's stats and ``acc`` (training batches, all ranks)."""
+    logits (a ``StepNetwork``, possibly DDP-wrapped), or ``[views, N, classes]`` logits of
+    several masks of the same batch (``training.nested``), the loss their mean.
+    ``checkpoint(done)`` runs after every ``checkpoint_every`` steps but the last. Returns one
+    row per step: ``step``, ``ce`` (summed over domains), the extra loss's stats and ``acc``
+    (training batches, all ranks)."""
     runtime = runtime or Runtime()
     scaler = runtime.grad_scaler()
     loss_fn = nn.CrossEntropyLoss()
@@ -95,13 +97,16 @@ def train_steps(
                 with _gradient_sync(network, last):
                     with runtime.autocast():
                         logits = network(images, domain)
+                    if logits.dim() == 3:  # several masks of one batch (nested levels)
+                        targets = targets.repeat(logits.shape[0])
+                        logits = logits.flatten(0, 1)
                     ce = loss_fn(logits.float(), targets) / len(step_batches)
                     (scaler.scale(ce) if scaler is not None else ce).backward()
                 totals[0] += ce.detach().double()
                 totals[1] += (logits.argmax(1) == targets).sum()
                 totals[2] += targets.numel()
             extra = extra_loss(step) if extra_loss is not None else None
-            if extra is not None:
+            if extra is not None and extra.loss.requires_grad:  # else no parameter moves it now
                 (scaler.scale(extra.loss) if scaler is not None else extra.loss).backward()
             if scaler is not None:
                 scaler.step(optimizer)

@@ -61,9 +61,13 @@ class CompactParts:
     channels: list[list[list[int]]]  # [domain][block] -> indices into the compact union
 
 
-def prune_to_compact(model: ResNet26, masks: Sequence[Tensor]) -> CompactParts:
+def prune_to_compact(
+    model: ResNet26, masks: Sequence[Tensor], own_masks: Sequence[Tensor] | None = None
+) -> CompactParts:
     """Remove every mid channel no domain uses. ``masks[b]`` is a bool ``[domains, channels]``
-    tensor. Keeps for each domain only the BN entries of its own channels."""
+    tensor. Keeps for each domain only the BN entries of its own channels: those of
+    ``own_masks`` when given (a nested level's, within ``masks``), else of ``masks``."""
+    own_masks = masks if own_masks is None else own_masks
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     shared, per_domain = split_state_dict(state)
     union_indices: list[Tensor] = []
@@ -78,7 +82,9 @@ def prune_to_compact(model: ResNet26, masks: Sequence[Tensor]) -> CompactParts:
     channels: list[list[list[int]]] = []
     for d, tensors in enumerate(per_domain):
         domain_channels = []
-        for b, mask in enumerate(masks):
+        for b, mask in enumerate(own_masks):
+            if bool((mask[d] & ~masks[b][d]).any()):
+                raise ValueError(f"block {b}: domain {d} uses a channel outside its largest mask")
             own = torch.nonzero(mask[d]).flatten()
             for leaf in ("weight", "bias", "running_mean", "running_var"):
                 key = f"blocks.{b}.bn1.{leaf}"

@@ -37,6 +37,7 @@ from mdprune.commands.train import (
     LrSharedOpt,
     MetricOpt,
     NameOpt,
+    NestedOpt,
     PenaltyOpt,
     ScoreInitOpt,
     SharingOpt,
@@ -67,6 +68,7 @@ def pipeline(
     domains: DomainsOpt = ["embedded"],  # noqa: B006
     pretrain_domains: PretrainDomainsOpt = None,
     budget: BudgetOpt = ["0.5"],  # noqa: B006
+    budgets: NestedOpt = None,
     budget_metric: MetricOpt = "both",
     channel_group: GroupOpt = "auto",
     latency_table: LatencyTableOpt = None,

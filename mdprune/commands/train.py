@@ -108,6 +108,15 @@ BudgetOpt = Annotated[
         "domain's, '<domain>=<number>' one domain's (--budget 0.5 --budget digits=0.3).",
     ),
 ]
+NestedOpt = Annotated[
+    list[float] | None,
+    typer.Option(
+        "--budgets",
+        help="Nested budget levels from one training run, each in (0, 1] (--budgets 1.0 0.75 "
+        "0.5 0.25, or repeated --budgets 1.0 --budgets 0.5): every domain gets a mask per "
+        "level, each within the next larger; one artifact serves them all. Replaces --budget.",
+    ),
+]
 MetricOpt = Annotated[
     str,
     typer.Option(
@@ -217,8 +226,10 @@ def budget_config(
         "budget",
         "domain_budgets",
         "channel_group",
+        "levels",
     }
     return BudgetConfig(
+        levels=tuple(options.get("budgets") or ()),
         budget=budget,
         domain_budgets=per_domain,
         channel_group=resolve_channel_group(channel_group),
@@ -261,8 +272,10 @@ def train_and_export(
 ) -> Path:
     from training.budget import train_budget_aware
     from training.export import export_artifact
+    from training.nested import train_nested
 
-    trained = train_budget_aware(list(loaded.values()), backbone, config, runtime)
+    train = train_nested if config.levels else train_budget_aware
+    trained = train(list(loaded.values()), backbone, config, runtime)
     path, _ = export_artifact(trained, model_store, model_name, version)
     return path
 
@@ -273,6 +286,7 @@ def train(
     ),
     domains: DomainsOpt = ["embedded"],  # noqa: B006
     budget: BudgetOpt = ["0.5"],  # noqa: B006
+    budgets: NestedOpt = None,
     budget_metric: MetricOpt = "both",
     channel_group: GroupOpt = "auto",
     latency_table: LatencyTableOpt = None,

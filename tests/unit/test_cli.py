@@ -34,6 +34,12 @@ def run(*args: str) -> tuple[int, str]:
         (["train", "--budget", "1.2"], "error: budget must be in (0, 1], got 1.2"),
         (["train", "--sharing", "overlap"], "error: unknown sharing variant 'overlap'"),
         (["pipeline", "--budget-metric", "flops", "--no-serve"], "error: unknown budget metric"),
+        (["train", "--budgets", "0.5"], "error: --budgets needs at least two different budgets"),
+        (
+            ["train", "--budgets", "1", "--budgets", "0.5", "--budget", "digits=0.3"],
+            "error: --budgets cannot be combined with a domain's own --budget",
+        ),
+        (["train", "--budgets", "1", "--budgets", "1.5"], "error: every budget of --budgets must"),
         (["pretrain", "--width-mult", "0"], "error: width multiplier must be > 0, got 0.0"),
         (["pretrain", "--width-mult", "-0.5"], "error: width multiplier must be > 0, got -0.5"),
     ],
@@ -44,6 +50,19 @@ def test_bad_options_exit_2_with_one_line(args: list[str], message: str, tmp_pat
     assert message in output
     assert len(output.strip().splitlines()) == 1
     assert not (tmp_path / "cache").exists()
+
+
+def test_budgets_take_several_numbers_after_one_option() -> None:
+    from mdprune.cli import _spread_budgets
+
+    args = ["train", "--budgets", "1.0", "0.5", ".25", "--steps", "3", "--budget", "0.5"]
+    assert _spread_budgets(args) == [
+        "train", "--budgets", "1.0", "--budgets", "0.5", "--budgets", ".25",
+        "--steps", "3", "--budget", "0.5",
+    ]  # fmt: skip
+    assert _spread_budgets(["train", "--budget", "0.5", "0.25"]) == [
+        "train", "--budget", "0.5", "0.25",
+    ]  # fmt: skip
 
 
 def test_missing_data_path(tmp_path: Path) -> None:
@@ -193,6 +212,7 @@ def write_fake_backbone(folder: Path) -> Path:
     [
         (["pipeline", "--no-serve", "--budget", "0.01"], "error: budget 0.01 is below the least"),
         (["train", "--budget", "0.01"], "error: budget 0.01 is below the least"),
+        (["train", "--budgets", "1", "--budgets", "0.01"], "error: budget 0.01 is below the least"),
         (["data", "-d", "embedded:digits", "-d", "embedded:nope"], "unknown embedded domain"),
         (["pretrain", "-d", "embedded:digits", "--init-from", "nowhere"], "no finished backbone"),
         (

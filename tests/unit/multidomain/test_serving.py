@@ -106,6 +106,7 @@ def test_answer_is_the_predict_response_body(served: ServedArtifact) -> None:
         "model": "tiny",
         "version": "v1",
         "domain": "colours",
+        "budget": 0.4,  # the domain's own budget: its one level
         "predictions": [{"label": "red", "index": 0, "probability": pytest.approx(0.9)}],
     }
 

@@ -378,3 +378,31 @@ def test_a_report_of_other_runs_replaces_the_previous_one(store: Path, tmp_path:
     report = build_report([store / "fake" / "b05-union"], out)
     assert report["plots"]["channel_usage"] == ["channel_usage_fake_b05-union.png"]
     assert not (out / "channel_usage_fake_b1.png").exists()
+
+
+def test_nested_levels_are_plotted_next_to_models_trained_alone(
+    store: Path, tmp_path: Path
+) -> None:
+    nested = fake_manifest("nested", 1.0, "none", (0.9, 0.8, 0.7))
+    nested["budgets"] = [1.0, 0.5]
+    nested["levels"] = [
+        {"budget": 1.0, "mean_test_accuracy": 0.81},
+        {"budget": 0.5, "mean_test_accuracy": 0.72},
+    ]
+    write_manifest(store, nested)
+    out = tmp_path / "out"
+    report = build_report([store], out)
+    rows = {row["budget"]: row for row in report["nested"]}
+    assert set(rows) == {1.0, 0.5}
+    assert rows[0.5]["nested_mean_test_accuracy"] == pytest.approx(0.72)
+    assert rows[0.5]["alone_mean_test_accuracy"] == pytest.approx(0.75)  # the best alone
+    assert rows[0.5]["difference"] == pytest.approx(-0.03)
+    assert rows[1.0]["alone_mean_test_accuracy"] == pytest.approx(0.8)
+    assert report["plots"]["nested_accuracy_vs_budget"] == "nested_accuracy_vs_budget.png"
+    assert_png(out / "nested_accuracy_vs_budget.png")
+    markdown = (out / "report.md").read_text()
+    assert "## Nested levels vs trained alone" in markdown
+    assert "](nested_accuracy_vs_budget.png)" in markdown
+    # without a nested run there is no such plot or table
+    plain = build_report([store / "fake" / "b1"], tmp_path / "plain")
+    assert plain["nested"] == [] and "nested_accuracy_vs_budget" not in plain["plots"]

@@ -447,7 +447,7 @@ def test_an_unexpected_error_is_a_generic_500_with_the_traceback_logged(
     async def explode(*args: Any, **kwargs: Any) -> list[Tensor]:
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(InferenceEngine, "predict", explode)
+    monkeypatch.setattr(InferenceEngine, "answer", explode)
     with ready_client(create_app(settings_for(store))) as client, caplog.at_level(logging.ERROR):
         response = predict(client, "shapes", PNG)
         text = client.get("/metrics").text

@@ -84,7 +84,7 @@ def test_every_line_of_a_request_carries_its_id(
             headers={"content-type": "image/png", "x-request-id": "req-ok"},
         )
         assert ok.status_code == 200
-        monkeypatch.setattr(InferenceEngine, "predict", explode)
+        monkeypatch.setattr(InferenceEngine, "answer", explode)
         failed = client.post(
             "/v1/domains/digits/predict",
             content=PNG,

@@ -142,7 +142,7 @@ def test_mixed_batch_groups_by_domain_and_isolates_bad_requests(
     for idx, (domain, image, k) in expected.items():
         code, content_type, body = results[idx]
         assert (code, content_type) == (200, "application/json")
-        assert set(body) == {"model", "version", "domain", "predictions"}
+        assert set(body) == {"model", "version", "domain", "budget", "predictions"}
         assert (body["model"], body["version"], body["domain"]) == ("tiny", "v1", domain)
         probabilities = reference(artifact_dir, domain, image)
         values, indices = torch.topk(probabilities, k)
