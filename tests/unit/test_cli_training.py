@@ -20,7 +20,7 @@ runner = CliRunner()
 
 # Fields a command sets otherwise: --budget (both budget fields), --channel-group; pipeline's
 # pre-training options carry a prefix.
-FROM_BUDGET = {"budget", "domain_budgets", "channel_group"}
+FROM_BUDGET = {"budget", "domain_budgets", "channel_group", "levels"}  # levels: --budgets
 PIPELINE_PRETRAIN = {
     "steps": "pretrain_steps",
     "batch_size": "pretrain_batch_size",
@@ -43,6 +43,7 @@ def test_every_budget_field_is_an_option_with_the_same_default(command: object) 
             continue
         assert field.name in options, f"{field.name} cannot be set"
         assert options[field.name] == field.default, field.name
+    assert "budgets" in options
 
 
 def test_every_pretrain_field_is_an_option_with_the_same_default() -> None:
@@ -118,3 +119,9 @@ def test_the_split_seed_is_its_own_option(command: str) -> None:
     assert "--split-seed" in text
     if command != "data":
         assert "not the splits: --split-seed" in text
+
+
+def test_nested_budgets_reach_the_configuration() -> None:
+    config = train.budget_config(["0.5"], "4", {"budgets": [0.5, 1.0, 0.75]})
+    assert config.levels == (1.0, 0.75, 0.5)
+    assert config.budget == 1.0
