@@ -183,8 +183,8 @@ def export_artifact(
         over = {name: value for name, value in capped.items() if value > budget + 1e-9}
         if over or any(m % resolved.group for m in mids):
             raise RunError(f"domain {data.name!r} does not hold its budget {budget}: {over}")
-        own = subnet_totals(arch, mids, data.num_classes)
-        part = subnet_totals(arch, mids)
+        part = subnet_totals(arch, mids)  # what the budget caps; the head is outside it
+        head = subnet_totals(arch, mids, data.num_classes)
         entries.append(
             {
                 "name": data.name,
@@ -197,8 +197,10 @@ def export_artifact(
                 "budget": budget,
                 "budget_costs": capped,
                 "learned_costs": trained.learned_costs[k],
-                "params": own.params,
-                "macs": own.macs,
+                "params": part.params,
+                "macs": part.macs,
+                "head_params": head.params - part.params,
+                "head_macs": head.macs - part.macs,
                 "params_fraction": part.params / backbone.params,
                 "macs_fraction": part.macs / backbone.macs,
                 "latency": latency[k],
