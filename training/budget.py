@@ -37,10 +37,11 @@ from training.budget_config import (
     budget_costs,
 )
 from training.common import recalibrate_batchnorm, seed_everything
-from training.data import DomainData, TrainBatches
+from training.data import DomainData, TrainBatches, check_same_splits, data_record
 from training.errors import RunError
+from training.history import StepTrace, compact_history, history_interval
 from training.loop import ExtraLoss, StepNetwork, train_steps
-from training.pretrain import load_backbone
+from training.pretrain import backbone_record, load_backbone
 from training.prune import project_to_budget
 from training.runtime import Runtime
 from training.sharing import sharing_loss
@@ -71,8 +72,13 @@ class TrainedModel:
     wall_time_s: float
     projected_channels: list[int]
     learned_costs: list[dict[str, float]]  # per domain, before the projection
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per step
     runtime: Runtime = field(default_factory=Runtime)
+    data: dict[str, Any] = field(default_factory=dict)  # this run's data record
+    backbone_data: dict[str, Any] = field(default_factory=dict)  # what the backbone saw
+    sharing_weight: float = 0.0  # gamma at the end of training (learned, if learnable)
+    projection: list[dict[str, list[list[int]]]] = field(default_factory=list)  # per domain
+    compact_history: dict[str, Any] = field(default_factory=dict)  # ``training.history``
 
     @property
     def group(self) -> int:
@@ -188,13 +194,17 @@ def train_budget_aware(
 ) -> TrainedModel:
     """Train, project and fine-tune (module docstring); in a distributed run every rank trains
     on its share of each global batch (``config.batch_size`` over all ranks) and ends with the
-    same model."""
+    same model. Refuses (``DataError``) a backbone pre-trained on other splits of a domain it
+    shares with ``domains`` (``check_same_splits``)."""
     runtime = runtime or Runtime()
     runtime.check_batch_size(config.batch_size)
     seed_everything(config.seed)
     domains = list(domains)
     names = [d.name for d in domains]
     config.check_domains(names)
+    seen: dict[str, Any] = backbone_record(backbone_dir).get("data") or {}
+    data = data_record(domains, config.split_seed)
+    check_same_splits(seen, data, Path(backbone_dir))
     model = runtime.place(build_from_backbone(domains, backbone_dir))
     arch = model.arch
     resolved = budget_costs(arch, config)
@@ -211,7 +221,7 @@ def train_budget_aware(
         {"params": model.domain_parameters(), "lr": config.lr_domain},
     ]
     if config.unfreeze_shared:
-        groups.append({"params": model.shared_parameters(), "lr": config.lr_domain * 0.1})
+        groups.append({"params": model.shared_parameters(), "lr": config.lr_shared})
     log_gamma = nn.Parameter(
         torch.tensor(math.log(max(config.sharing_weight, 1e-6)), device=runtime.device)
     )
@@ -221,6 +231,13 @@ def train_budget_aware(
     seeds = {k: config.seed + 7 * k for k in range(len(domains))}
     step_network = StepNetwork(model, switches.masks, switches)
     network = runtime.wrap(step_network)
+    traces: list[StepTrace] = []
+
+    def sharing_weight() -> float:
+        """gamma now: learned (``exp(log_gamma)``) or fixed."""
+        if config.learnable_sharing_weight:
+            return float(log_gamma.detach().exp())
+        return config.sharing_weight
 
     def budget_and_sharing(step: int) -> ExtraLoss:
         masks = switches.group_masks()
@@ -235,7 +252,17 @@ def train_budget_aware(
         if config.learnable_sharing_weight:
             # uncertainty weighting: gamma * L - log(gamma) keeps gamma from collapsing to 0
             share_term = share_term - log_gamma
-        stats = {"share": float(share.detach()), "max_cost": float(domain_costs.detach().max())}
+        costs_now = domain_costs.detach().cpu()
+        traces.append(
+            StepTrace(
+                costs_now.tolist(),
+                target.tolist(),
+                float(share.detach()),
+                sharing_weight(),
+                float(budget_term.detach()),
+            )
+        )
+        stats = {"share": traces[-1].sharing_loss, "max_cost": float(costs_now.max())}
         return ExtraLoss(budget_term + share_term, stats)
 
     @torch.no_grad()
@@ -258,6 +285,7 @@ def train_budget_aware(
             after_step=clamp_sharing_weight,
         )
     hard = [m.cpu() for m in switches.hard_group_masks()]
+    learned_hard = [m.clone() for m in hard]
     learned, projected = [], []
     for k in range(len(domains)):
         learned.append(resolved.fractions([group * int(m[k].sum()) for m in hard]))
@@ -284,12 +312,37 @@ def train_budget_aware(
         learned,
         history,
         runtime,
+        data,
+        dict(seen),
+        float(log_gamma.detach().exp())
+        if config.learnable_sharing_weight
+        else config.sharing_weight,
+        [_projection_changes(learned_hard, hard, k) for k in range(len(domains))],
+        compact_history(
+            history,
+            traces,
+            names,
+            [cost.name for cost in costs],
+            history_interval(config.steps, config.history_every),
+        ),
     )
     step_network.masks_for = trained.domain_masks  # the projected masks from here on
     _finetune_projected(trained, network)
-    recalibrate_batchnorm(model, domains, trained.domain_masks, runtime=runtime)
+    recalibrate_batchnorm(model, domains, trained.domain_masks, seed=config.seed, runtime=runtime)
     trained.wall_time_s = time.perf_counter() - started
     return trained
+
+
+def _projection_changes(
+    before: Sequence[Tensor], after: Sequence[Tensor], k: int
+) -> dict[str, list[list[int]]]:
+    """Per block, the group indices the projection switched off (``removed``) and back on
+    (``restored``, a block's best group when training had left it none) for domain ``k``."""
+    pairs = list(zip(before, after, strict=True))
+    return {
+        "removed": [torch.nonzero(b[k] & ~a[k]).flatten().tolist() for b, a in pairs],
+        "restored": [torch.nonzero(a[k] & ~b[k]).flatten().tolist() for b, a in pairs],
+    }
 
 
 def _finetune_projected(trained: TrainedModel, network: nn.Module) -> None:

@@ -42,12 +42,15 @@ class BudgetConfig:
     batch_size: int = 32
     lr_scores: float = 0.02
     lr_domain: float = 2e-3
+    lr_shared: float = 2e-4  # only with unfreeze_shared
     penalty: float = 100.0
     anneal_fraction: float = 0.6
     score_init: float = 1.0
     unfreeze_shared: bool = False
     finetune_steps: int = 40
-    seed: int = 0
+    seed: int = 0  # initialisation and batch order
+    split_seed: int = 0  # the splits the domains were loaded with (checked against the backbone)
+    history_every: int = 0  # steps per training-history row (0: about 40 rows)
 
     def __post_init__(self) -> None:
         _check_fraction(self.budget, "budget")
@@ -71,10 +74,22 @@ class BudgetConfig:
         check_variant(self.sharing)
         if self.sharing_weight < 0:
             raise ValueError(f"sharing weight must be >= 0, got {self.sharing_weight}")
-        if not 0 < self.anneal_fraction <= 1 or self.penalty <= 0:
-            raise ValueError("anneal fraction must be in (0, 1] and the penalty > 0")
+        if not 0 < self.anneal_fraction <= 1:
+            raise ValueError(f"anneal fraction must be in (0, 1], got {self.anneal_fraction}")
+        if not self.penalty > 0:
+            raise ValueError(f"penalty must be > 0, got {self.penalty}")
         if self.steps < 1 or self.batch_size < 1 or self.finetune_steps < 0:
             raise ValueError("steps and batch size must be >= 1, fine-tune steps >= 0")
+        for what, value in (
+            ("score learning rate", self.lr_scores),
+            ("domain learning rate", self.lr_domain),
+            ("shared learning rate", self.lr_shared),
+            ("initial score", self.score_init),
+        ):
+            if not value > 0:
+                raise ValueError(f"{what} must be > 0, got {value}")
+        if self.history_every < 0:
+            raise ValueError(f"history interval must be >= 0, got {self.history_every}")
 
     @property
     def group(self) -> int:

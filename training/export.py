@@ -35,6 +35,7 @@ from training.budget import TrainedModel
 from training.common import command_line, console, evaluate
 from training.data import iterate_eval
 from training.errors import RunError
+from training.protocol import protocol_of
 from training.prune import CompactParts, prune_to_compact
 
 __all__ = [
@@ -175,6 +176,7 @@ def export_artifact(
     )
     console.print("timing every domain's served network against the backbone's")
     backbone_ms, latency = measure_latency(trained, parts, timing)
+    seen = dict(trained.backbone_data.get("domains", {}))
     entries = []
     for k, data in enumerate(domains):
         mids = [len(c) for c in parts.channels[k]]
@@ -197,6 +199,7 @@ def export_artifact(
                 "budget": budget,
                 "budget_costs": capped,
                 "learned_costs": trained.learned_costs[k],
+                "projection": trained.projection[k],
                 "params": part.params,
                 "macs": part.macs,
                 "head_params": head.params - part.params,
@@ -208,6 +211,8 @@ def export_artifact(
                 "val_accuracy": val[data.name],
                 "test_accuracy": test[data.name],
                 "max_compact_logit_diff": logit_diff[data.name],
+                "data_digest": trained.data["domains"][data.name],
+                "seen_by_backbone": data.name in seen,
                 **(
                     {"test_split": data.provenance["test_split"]}
                     if "test_split" in data.provenance
@@ -231,13 +236,18 @@ def export_artifact(
         "budget_caps": [cost.name for cost in resolved.costs],
         "sharing": {
             "variant": config.sharing,
-            "weight": config.sharing_weight,
+            "weight": trained.sharing_weight,
+            "initial_weight": config.sharing_weight,
             "learnable_weight": config.learnable_sharing_weight,
         },
+        "protocol": protocol_of(seen, [d.name for d in domains]),
+        "data": trained.data,
         "backbone": {
             "params": backbone.params,
             "macs": backbone.macs,
             "run": str(trained.backbone_dir),
+            "domains": sorted(seen),
+            "data": trained.backbone_data,
         },
         "compact": {"params": compact.params, "params_fraction": compact.params / backbone.params},
         "latency": {
@@ -260,6 +270,7 @@ def export_artifact(
             "wall_time_s": round(trained.wall_time_s, 2),
             "world_size": runtime.world_size,
             "device": runtime.device.type,
+            "history": trained.compact_history,
         },
         "domains": entries,
     }

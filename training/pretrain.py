@@ -1,8 +1,9 @@
 """Backbone pre-training: the single-domain baseline (or a named set of source domains).
 
 All weights train; each source domain has its own BN set and head and the domains' batches are
-interleaved in every step. Writes ``backbone.safetensors`` + ``backbone.json`` and keeps a
-``checkpoint.safetensors`` + ``checkpoint.json`` to resume from. In a distributed run
+interleaved in every step. Writes ``backbone.safetensors`` + ``backbone.json`` (whose ``data``
+holds the data digest of every domain the weights were trained on, ``--init-from``'s included)
+and keeps a ``checkpoint.safetensors`` + ``checkpoint.json`` to resume from. In a distributed run
 (``training.runtime``) every rank trains on its share of each global batch and rank 0 writes;
 the batch size is global, so a checkpoint resumes with any world size.
 """
@@ -26,7 +27,7 @@ from multidomain.network import ResNet26, domain_tensor_name
 from multidomain.stats import mean
 from training.checkpoint import remove_checkpoint, resume_checkpoint, write_checkpoint
 from training.common import console, evaluate, seed_everything, write_tensors
-from training.data import DomainData, TrainBatches
+from training.data import DomainData, TrainBatches, check_same_splits, data_record
 from training.errors import RunError
 from training.loop import StepNetwork, train_steps
 from training.runtime import Runtime
@@ -51,7 +52,8 @@ class PretrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    seed: int = 0
+    seed: int = 0  # initialisation and batch order
+    split_seed: int = 0  # the splits the domains were loaded with (recorded, checked by train)
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
@@ -59,6 +61,10 @@ class PretrainConfig:
             raise ValueError("steps, batch size and checkpoint interval must be >= 1")
         if not self.lr > 0:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
 
 
 def backbone_record(run_dir: Path) -> dict[str, Any]:
@@ -92,8 +98,11 @@ def pretrain_backbone(
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     model = ResNet26(arch, [d.num_classes for d in domains])
+    data = data_record(domains, config.split_seed)
     if init_from is not None:
-        _, weights = load_backbone(init_from)
+        init_record, weights = load_backbone(init_from)
+        check_same_splits(init_record.get("data"), data, init_from)
+        data = data_record(domains, config.split_seed, init_record["data"]["domains"])
         own = model.state_dict()
         shared = {k: v for k, v in weights.items() if k in own and domain_tensor_name(k) is None}
         for k, v in shared.items():
@@ -116,14 +125,16 @@ def pretrain_backbone(
         "config": asdict(config),
         "domains": [d.name for d in domains],
         "init_from": None if init_from is None else str(init_from),
+        "data": data,
     }
     finished = run_dir / BACKBONE_RECORD
     if finished.is_file():
         record = read_json(finished, RunError)
         if {k: record.get(k) for k in identity} != identity:
+            changed = ", ".join(k for k in identity if record.get(k) != identity[k])
             raise RunError(
-                f"{run_dir} already holds a backbone of another configuration; "
-                "use a new run directory"
+                f"{run_dir} already holds a backbone of another configuration (differs in: "
+                f"{changed}); use a new run directory"
             )
         console.print(f"reusing the finished backbone in {run_dir}")
         return dict(record)

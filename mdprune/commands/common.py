@@ -21,8 +21,9 @@ DomainsOpt = Annotated[
         "--domains",
         "-d",
         metavar="SPEC",
-        help="Data to use, repeatable: 'embedded' (all embedded domains), 'embedded:<name>', "
-        "'imagefolder:<name>=<path>' or 'decathlon:<name>=<path>'.",
+        help="Data to use, repeatable: 'embedded' (the five default embedded domains), "
+        "'embedded:<name>' (those five or letters), 'imagefolder:<name>=<path>' or "
+        "'decathlon:<name>=<path>'.",
     ),
 ]
 CacheOpt = Annotated[
@@ -30,7 +31,16 @@ CacheOpt = Annotated[
     typer.Option(help="Cache folder: every domain's images, decoded once at the image size."),
 ]
 SizeOpt = Annotated[int, typer.Option(help="Image side length every domain is resized to.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for splits, initialisation and batches.")]
+SeedOpt = Annotated[
+    int, typer.Option(help="Seed of initialisation and batch order (not the splits: --split-seed).")
+]
+SplitSeedOpt = Annotated[
+    int,
+    typer.Option(
+        help="Seed of the train/val/test splits, fixed by default. Runs on one backbone must "
+        "use its splits: train refuses a backbone pre-trained on other splits of a domain."
+    ),
+]
 DeviceOpt = Annotated[
     str,
     typer.Option(
@@ -98,15 +108,15 @@ def make_runtime(device: str = "cpu", workers: int = 0) -> Runtime:
 
 
 def load_data(
-    domains: list[str], cache_dir: Path, image_size: int, seed: int, runtime: Runtime
+    domains: list[str], cache_dir: Path, image_size: int, split_seed: int, runtime: Runtime
 ) -> dict[str, Any]:
-    """The domains, through the cache; in a distributed run the first process of every node
-    builds what is missing before the others read it."""
+    """The domains with the splits of ``split_seed``, through the cache; in a distributed run
+    the first process of every node builds what is missing before the others read it."""
     from training.common import console
     from training.data import benchmark_digest, load_domains, print_summary
 
     with runtime.local_first():
-        data = load_domains(domains, cache_dir, image_size, seed, runtime.workers)
+        data = load_domains(domains, cache_dir, image_size, split_seed, runtime.workers)
     print_summary(data, benchmark_digest(data), console)
     return data
 

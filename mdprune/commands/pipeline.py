@@ -17,6 +17,7 @@ from mdprune.commands.common import (
     GroupOpt,
     SeedOpt,
     SizeOpt,
+    SplitSeedOpt,
     WorkersOpt,
     clean_errors,
     load_data,
@@ -24,15 +25,26 @@ from mdprune.commands.common import (
 )
 from mdprune.commands.serve import run_server
 from mdprune.commands.train import (
+    AnnealOpt,
     BudgetOpt,
+    FinetuneOpt,
+    HistoryOpt,
     LatencyBatchOpt,
     LatencyTableOpt,
+    LearnableOpt,
+    LrDomainOpt,
+    LrScoresOpt,
+    LrSharedOpt,
     MetricOpt,
     NameOpt,
+    PenaltyOpt,
+    ScoreInitOpt,
     SharingOpt,
     SharingWeightOpt,
     StoreOpt,
+    TrainBatchOpt,
     TrainStepsOpt,
+    UnfreezeOpt,
     VersionOpt,
     budget_config,
     check_budget,
@@ -40,9 +52,20 @@ from mdprune.commands.train import (
     train_and_export,
 )
 
+PretrainDomainsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--pretrain-domains",
+        metavar="SPEC",
+        help="Data the backbone is pre-trained on, as --domains (default: the --domains). "
+        "Others than --domains: the held-out protocol.",
+    ),
+]
+
 
 def pipeline(
     domains: DomainsOpt = ["embedded"],  # noqa: B006
+    pretrain_domains: PretrainDomainsOpt = None,
     budget: BudgetOpt = ["0.5"],  # noqa: B006
     budget_metric: MetricOpt = "both",
     channel_group: GroupOpt = "auto",
@@ -50,8 +73,25 @@ def pipeline(
     latency_batch: LatencyBatchOpt = None,
     sharing: SharingOpt = "union",
     sharing_weight: SharingWeightOpt = 5.0,
+    learnable_sharing_weight: LearnableOpt = False,
     steps: TrainStepsOpt = 300,
+    batch_size: TrainBatchOpt = 32,
+    lr_scores: LrScoresOpt = 0.02,
+    lr_domain: LrDomainOpt = 2e-3,
+    lr_shared: LrSharedOpt = 2e-4,
+    unfreeze_shared: UnfreezeOpt = False,
+    penalty: PenaltyOpt = 100.0,
+    anneal_fraction: AnnealOpt = 0.6,
+    score_init: ScoreInitOpt = 1.0,
+    finetune_steps: FinetuneOpt = 40,
+    history_every: HistoryOpt = 0,
     pretrain_steps: Annotated[int, typer.Option(help="Backbone pre-training steps.")] = 600,
+    pretrain_batch_size: Annotated[
+        int, typer.Option(help="Backbone pre-training: images per domain per step.")
+    ] = 32,
+    pretrain_lr: Annotated[
+        float, typer.Option(help="Backbone pre-training: peak SGD learning rate.")
+    ] = 0.05,
     width_mult: Annotated[float, typer.Option(help="Width multiplier of 64/128/256.")] = 0.5,
     run_dir: Annotated[Path, typer.Option(help="Backbone run directory.")] = Path("runs/backbone"),
     model_store: StoreOpt = Path("model_store"),
@@ -62,6 +102,7 @@ def pipeline(
     cache_dir: CacheOpt = Path("data_cache"),
     image_size: SizeOpt = 32,
     seed: SeedOpt = 0,
+    split_seed: SplitSeedOpt = 0,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
     if_missing: Annotated[
@@ -76,9 +117,11 @@ def pipeline(
     """The main job: from the data to a served model.
 
     data -> backbone -> budget-aware training -> prune -> export -> serve; the curl example
-    is printed once the service is ready."""
+    is printed once the service is ready. The backbone is pre-trained on --pretrain-domains
+    (default: --domains)."""
     with clean_errors():
         from multidomain.arch import ArchSpec
+        from training.data import plan_domains
         from training.pretrain import PretrainConfig, pretrain_backbone
 
         runtime = make_runtime(device, workers)
@@ -88,20 +131,16 @@ def pipeline(
         profile_to = None
         if budget_metric == "latency" and latency_table is None:
             profile_to = latency_table = run_dir / "latency_table.json"
-        config = budget_config(
-            budget,
-            budget_metric,
-            sharing,
-            sharing_weight,
-            steps,
-            seed,
-            channel_group=channel_group,
-            latency_table=latency_table,
-            latency_batch=latency_batch,
+        config = budget_config(budget, channel_group, locals())
+        pretrain_config = PretrainConfig(
+            steps=pretrain_steps,
+            batch_size=pretrain_batch_size,
+            lr=pretrain_lr,
+            seed=seed,
+            split_seed=split_seed,
         )
-        pretrain_config = PretrainConfig(steps=pretrain_steps, seed=seed)
-        for batch_size in (config.batch_size, pretrain_config.batch_size):
-            runtime.check_batch_size(batch_size)
+        for size in (config.batch_size, pretrain_config.batch_size):
+            runtime.check_batch_size(size)
         existing = _verified_version(model_store, model_name, version) if if_missing else None
         if existing is not None:
             typer.echo(f"{existing} exists and verifies: not training (--if-missing)")
@@ -111,9 +150,14 @@ def pipeline(
             return
         check_target(model_store, model_name, version)
         check_budget(arch, config, domains, profile_to)
+        if pretrain_domains:
+            plan_domains(pretrain_domains, image_size)
         with runtime.session():
-            loaded = load_data(domains, cache_dir, image_size, seed, runtime)
-            pretrain_backbone(list(loaded.values()), arch, pretrain_config, run_dir, None, runtime)
+            loaded = load_data(domains, cache_dir, image_size, split_seed, runtime)
+            sources = loaded
+            if pretrain_domains:
+                sources = load_data(pretrain_domains, cache_dir, image_size, split_seed, runtime)
+            pretrain_backbone(list(sources.values()), arch, pretrain_config, run_dir, None, runtime)
             path = train_and_export(
                 loaded, run_dir, config, model_store, model_name, version, runtime
             )

@@ -3,6 +3,7 @@ the checks run before any data is loaded."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,6 +16,7 @@ from mdprune.commands.common import (
     GroupOpt,
     SeedOpt,
     SizeOpt,
+    SplitSeedOpt,
     WorkersOpt,
     clean_errors,
     load_data,
@@ -32,16 +34,17 @@ def data(
     domains: DomainsOpt = ["embedded"],  # noqa: B006
     cache_dir: CacheOpt = Path("data_cache"),
     image_size: SizeOpt = 32,
-    seed: SeedOpt = 0,
+    split_seed: SplitSeedOpt = 0,
     workers: WorkersOpt = 2,
 ) -> None:
     """Build or load the data; print its summary.
 
-    Prints the table of domains and splits and the benchmark digest (sha256)."""
+    Prints the table of domains and splits and the benchmark digest (sha256 over every
+    domain's data digest: name, labels and each split's images and targets)."""
     with clean_errors():
         runtime = make_runtime("cpu", workers)
         with runtime.session():
-            load_data(domains, cache_dir, image_size, seed, runtime)
+            load_data(domains, cache_dir, image_size, split_seed, runtime)
 
 
 def pretrain(
@@ -53,6 +56,8 @@ def pretrain(
     steps: Annotated[int, typer.Option(help="Optimizer steps (one batch per domain each).")] = 600,
     batch_size: Annotated[int, typer.Option(help="Images per domain per step.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak SGD learning rate (cosine decay).")] = 0.05,
+    momentum: Annotated[float, typer.Option(help="SGD (Nesterov) momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 5e-4,
     init_from: Annotated[
         Path | None, typer.Option(help="Start from another backbone run's shared weights.")
     ] = None,
@@ -62,14 +67,16 @@ def pretrain(
     cache_dir: CacheOpt = Path("data_cache"),
     image_size: SizeOpt = 32,
     seed: SeedOpt = 0,
+    split_seed: SplitSeedOpt = 0,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
 ) -> None:
     """Pre-train the backbone, resuming a checkpoint.
 
-    The backbone is also the single-domain baseline. Distributed: torchrun
-    --nproc_per_node=N -m mdprune pretrain ... (--batch-size is per domain over all
-    processes)."""
+    The backbone is also the single-domain baseline. Its record (backbone.json) holds the
+    data digest of every domain it trained on (and those of an --init-from backbone).
+    Distributed: torchrun --nproc_per_node=N -m mdprune pretrain ... (--batch-size is per
+    domain over all processes)."""
     with clean_errors():
         from multidomain.arch import ArchSpec
         from training.pretrain import PretrainConfig, backbone_record, pretrain_backbone
@@ -80,14 +87,17 @@ def pretrain(
             steps=steps,
             batch_size=batch_size,
             lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
             seed=seed,
+            split_seed=split_seed,
             checkpoint_every=checkpoint_every,
         )
         runtime.check_batch_size(config.batch_size)
         if init_from is not None:
             backbone_record(init_from)
         with runtime.session():
-            loaded = load_data(domains, cache_dir, image_size, seed, runtime)
+            loaded = load_data(domains, cache_dir, image_size, split_seed, runtime)
             pretrain_backbone(list(loaded.values()), arch, config, run_dir, init_from, runtime)
 
 
@@ -128,6 +138,40 @@ LearnableOpt = Annotated[
     typer.Option(help="Learn the sharing weight (uncertainty weighting) instead of fixing it."),
 ]
 TrainStepsOpt = Annotated[int, typer.Option(help="Budget-aware training steps.")]
+TrainBatchOpt = Annotated[
+    int, typer.Option(help="Budget-aware training: images per domain per step (all processes).")
+]
+LrScoresOpt = Annotated[float, typer.Option(help="Adam learning rate of the switch scores.")]
+LrDomainOpt = Annotated[
+    float, typer.Option(help="Adam learning rate of each domain's BatchNorm and head.")
+]
+LrSharedOpt = Annotated[
+    float,
+    typer.Option(help="Adam learning rate of the shared convolutions (with --unfreeze-shared)."),
+]
+UnfreezeOpt = Annotated[
+    bool,
+    typer.Option(help="Also train the backbone's shared convolutions (default: frozen)."),
+]
+PenaltyOpt = Annotated[
+    float, typer.Option(help="Weight rho of the budget penalty rho * relu(cost - target)^2.")
+]
+AnnealOpt = Annotated[
+    float,
+    typer.Option(help="Share of the steps over which the target falls from 1 to the budget."),
+]
+ScoreInitOpt = Annotated[
+    float,
+    typer.Option(help="Initial switch score scale (spread over 0.25-1.75 x by importance)."),
+]
+FinetuneOpt = Annotated[
+    int,
+    typer.Option(help="Steps fine-tuning BN and head of a domain the projection changed."),
+]
+HistoryOpt = Annotated[
+    int,
+    typer.Option(help="Steps per row of the manifest's training history (0: about 30 rows)."),
+]
 StoreOpt = Annotated[Path, typer.Option(help="Model store the artifact is exported into.")]
 NameOpt = Annotated[str, typer.Option(help="Model name in the store.")]
 VersionOpt = Annotated[
@@ -158,33 +202,27 @@ def _parse_budgets(values: list[str]) -> tuple[float, tuple[tuple[str, float], .
 
 
 def budget_config(
-    budgets: list[str],
-    metric: str,
-    sharing: str,
-    sharing_weight: float,
-    steps: int,
-    seed: int,
-    learnable_sharing_weight: bool = False,
-    channel_group: str = "auto",
-    latency_table: Path | None = None,
-    latency_batch: int | None = None,
+    budgets: list[str], channel_group: str, options: Mapping[str, Any]
 ) -> BudgetConfig:
+    """The ``BudgetConfig`` of a command: ``--budget`` values parsed, the channel group resolved,
+    and every other field from the command option of the same name (``train`` and ``pipeline``
+    name their options after the fields, so that each field is settable)."""
+    from dataclasses import fields
+
     from multidomain.groups import resolve_channel_group
     from training.budget_config import BudgetConfig
 
     budget, per_domain = _parse_budgets(budgets)
+    settable = {f.name for f in fields(BudgetConfig)} - {
+        "budget",
+        "domain_budgets",
+        "channel_group",
+    }
     return BudgetConfig(
         budget=budget,
         domain_budgets=per_domain,
-        budget_metric=metric,  # type: ignore[arg-type]
         channel_group=resolve_channel_group(channel_group),
-        latency_table=latency_table,
-        latency_batch=latency_batch,
-        sharing=sharing,  # type: ignore[arg-type]
-        sharing_weight=sharing_weight,
-        learnable_sharing_weight=learnable_sharing_weight,
-        steps=steps,
-        seed=seed,
+        **{name: value for name, value in options.items() if name in settable},
     )
 
 
@@ -243,40 +281,42 @@ def train(
     sharing_weight: SharingWeightOpt = 5.0,
     learnable_sharing_weight: LearnableOpt = False,
     steps: TrainStepsOpt = 300,
+    batch_size: TrainBatchOpt = 32,
+    lr_scores: LrScoresOpt = 0.02,
+    lr_domain: LrDomainOpt = 2e-3,
+    lr_shared: LrSharedOpt = 2e-4,
+    unfreeze_shared: UnfreezeOpt = False,
+    penalty: PenaltyOpt = 100.0,
+    anneal_fraction: AnnealOpt = 0.6,
+    score_init: ScoreInitOpt = 1.0,
+    finetune_steps: FinetuneOpt = 40,
+    history_every: HistoryOpt = 0,
     model_store: StoreOpt = Path("model_store"),
     model_name: NameOpt = "default",
     version: VersionOpt = None,
     cache_dir: CacheOpt = Path("data_cache"),
     seed: SeedOpt = 0,
+    split_seed: SplitSeedOpt = 0,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 2,
 ) -> None:
     """Budget-aware training, pruning and export.
 
     Learns each domain's channel switches over a finished backbone under the budget, removes
-    the channels no domain uses and exports the compact artifact. Distributed: torchrun
-    --nproc_per_node=N -m mdprune train ... (rank 0 exports)."""
+    the channels no domain uses and exports the compact artifact. Domains the backbone was not
+    pre-trained on get a new head (the held-out protocol); a domain it was pre-trained on must
+    have the same splits (data digest). Distributed: torchrun --nproc_per_node=N -m mdprune
+    train ... (rank 0 exports)."""
     with clean_errors():
         from multidomain.arch import ArchSpec
         from training.pretrain import backbone_record
 
         runtime = make_runtime(device, workers)
-        config = budget_config(
-            budget,
-            budget_metric,
-            sharing,
-            sharing_weight,
-            steps,
-            seed,
-            learnable_sharing_weight,
-            channel_group,
-            latency_table,
-            latency_batch,
-        )
+        config = budget_config(budget, channel_group, locals())
         runtime.check_batch_size(config.batch_size)
         check_target(model_store, model_name, version)
         arch = ArchSpec.from_dict(backbone_record(backbone)["arch"])
         check_budget(arch, config, domains)
         with runtime.session():
-            loaded = load_data(domains, cache_dir, arch.image_size, seed, runtime)
+            loaded = load_data(domains, cache_dir, arch.image_size, split_seed, runtime)
             train_and_export(loaded, backbone, config, model_store, model_name, version, runtime)

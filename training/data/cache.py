@@ -1,5 +1,5 @@
 """The on-disk cache of pre-resized domains, built once per dataset and image size by every
-format (the embedded benchmark, ImageFolder, Decathlon), and the benchmark digest.
+format (the embedded benchmark, ImageFolder, Decathlon).
 
 A cached domain is a folder holding, per split, ``<split>.images.npy`` (uint8 ``[N, S, S, 3]``
 at the target size, read by ``ImageShard``), ``<split>.targets.npy`` (int64, labelled splits)
@@ -34,14 +34,13 @@ from multidomain.files import read_json, write_json
 from training.console import training_progress
 from training.data._images import decode_files
 from training.data.domain import SPLITS, ChannelStats, DataError, DomainData
-from training.data.store import ImageShard, ShardWriter, split_digest
+from training.data.store import ImageShard, ShardWriter
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
     "CachedSplits",
     "DomainSource",
     "SplitSource",
-    "benchmark_digest",
     "cache_folder",
     "embedded_cache_dir",
     "file_digest",
@@ -291,17 +290,3 @@ def load_or_build(
         return _open(folder, key, image_size)
     except (DataError, OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"cache {folder} is unreadable right after it was built: {exc}") from None
-
-
-def benchmark_digest(domains: dict[str, DomainData]) -> str:
-    """sha256 over every domain's name, labels and split digests (``split_digest``: shape,
-    image bytes and targets), in a fixed order; cached domains use the digests recorded when
-    their cache was built."""
-    h = hashlib.sha256()
-    for name in sorted(domains):
-        d = domains[name]
-        h.update(json.dumps({"name": name, "labels": d.labels}).encode())
-        for split in SPLITS:
-            digest = d.digests.get(split) or split_digest(d.images[split], d.targets[split])
-            h.update(f"{split}:{digest}".encode())
-    return h.hexdigest()

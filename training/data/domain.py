@@ -21,6 +21,7 @@ __all__ = [
     "DataError",
     "DomainData",
     "check_domain_name",
+    "distinct_images",
     "domain_rng",
     "make_domain",
     "split_counts",
@@ -114,6 +115,14 @@ def domain_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
+def distinct_images(images: np.ndarray) -> np.ndarray:
+    """Sorted indices of the first occurrence of every distinct image (exact bytes): a source's
+    duplicates would otherwise land in different splits, a test image also in training."""
+    flat = np.ascontiguousarray(images).reshape(len(images), -1)
+    _, first = np.unique(flat, axis=0, return_index=True)
+    return np.sort(first)
+
+
 def split_counts(n: int) -> tuple[int, int, int]:
     """70/15/15 of n; val and test get at least one item each when n >= 3."""
     n_val = math.floor(n * SPLIT_FRACTIONS["val"] + 0.5)
@@ -203,7 +212,10 @@ def split_domain(
     allow_flip: bool,
     source: str,
 ) -> DomainData:
-    """``make_domain`` after a seeded stratified split of unsplit arrays."""
+    """``make_domain`` after a seeded stratified split of unsplit arrays, each distinct image
+    once (``distinct_images``)."""
+    keep = distinct_images(images)
+    images, targets = images[keep], targets[keep]
     split = stratified_split(targets, domain_rng(seed, name))
     return make_domain(
         name,

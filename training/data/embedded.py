@@ -1,6 +1,7 @@
-"""The embedded default benchmark: five domains built from data files inside installed Python
-packages (no network), written to the same on-disk cache as the user formats
-(``training.data.cache``) and read from it like them."""
+"""The embedded benchmark: domains built from data files inside installed Python packages (no
+network), written to the same on-disk cache as the user formats (``training.data.cache``) and
+read from it like them. ``EMBEDDED_DOMAINS`` are the default five (``--domains embedded``);
+``EXTRA_EMBEDDED_DOMAINS`` (``letters``) are built only when named (``embedded:letters``)."""
 
 from __future__ import annotations
 
@@ -20,15 +21,19 @@ from training.data.domain import (
     SPLITS,
     DataError,
     DomainData,
+    distinct_images,
     domain_rng,
     make_domain,
     split_counts,
     split_domain,
 )
+from training.data.letters import LETTERS, letters_source, render_letters
 
 __all__ = [
     "ANIMALS_PER_CLASS",
     "EMBEDDED_DOMAINS",
+    "EXTRA_EMBEDDED_DOMAINS",
+    "KNOWN_EMBEDDED_DOMAINS",
     "TEXTURE_CROPS_PER_CLASS",
     "TEXTURE_CROP_SIZES",
     "build_embedded",
@@ -36,6 +41,12 @@ __all__ = [
 ]
 
 EMBEDDED_DOMAINS: tuple[str, ...] = ("mnist", "digits", "animals", "textures", "faces")
+#: Built only when named: not part of the default benchmark (its figures stay comparable).
+EXTRA_EMBEDDED_DOMAINS: tuple[str, ...] = ("letters",)
+KNOWN_EMBEDDED_DOMAINS = EMBEDDED_DOMAINS + EXTRA_EMBEDDED_DOMAINS
+#: Bump when a builder's output changes: cached embedded domains of another version are rebuilt
+#: (2: each distinct image once, so that no test image is also a training image).
+EMBEDDED_BUILDER_VERSION = 2
 #: Animals are capped (seeded, stratified) to keep training fast; the package ships 1,000/class.
 ANIMALS_PER_CLASS = 600
 TEXTURE_CROPS_PER_CLASS = 250
@@ -135,6 +146,8 @@ def _build_animals(name: str, size: int, seed: int) -> DomainData:
     images, targets = arrays[0], arrays[1].astype(np.int64)
     if images.dtype != np.uint8 or images.shape[1:] != (28, 28) or len(images) != len(targets):
         raise DataError(f"unexpected animal_mnist arrays: {images.dtype} {list(images.shape)}")
+    distinct = distinct_images(images)  # the package holds 284 pairs of identical images
+    images, targets = images[distinct], targets[distinct]
     rng = domain_rng(seed, name + "/subset")
     keep = np.sort(
         np.concatenate(
@@ -144,7 +157,10 @@ def _build_animals(name: str, size: int, seed: int) -> DomainData:
             ]
         )
     )
-    source = f"animal_mnist 0.4 silhouettes (MIT), {ANIMALS_PER_CLASS} of 1000 per class (seeded)"
+    source = (
+        f"animal_mnist 0.4 silhouettes (MIT), {ANIMALS_PER_CLASS} of 1000 per class (seeded, "
+        "distinct images)"
+    )
     return split_domain(
         name,
         _ANIMAL_LABELS,
@@ -216,12 +232,23 @@ def _build_faces(name: str, size: int, seed: int) -> DomainData:
     )
 
 
+def _build_letters(name: str, size: int, seed: int) -> DomainData:
+    """notMNIST-style letters A-J from matplotlib's fonts (``training.data.letters``); the
+    rendered pool is fixed, ``seed`` only splits it."""
+    fonts = _package_dir("matplotlib") / "mpl-data" / "fonts" / "ttf"
+    images, targets = render_letters(size, fonts)
+    return split_domain(
+        name, list(LETTERS), _gray_to_rgb(images, size), targets, seed, False, letters_source()
+    )
+
+
 _BUILDERS: dict[str, Callable[[str, int, int], DomainData]] = {
     "mnist": _build_mnist,
     "digits": _build_digits,
     "animals": _build_animals,
     "textures": _build_textures,
     "faces": _build_faces,
+    "letters": _build_letters,
 }
 
 
@@ -236,9 +263,15 @@ def build_embedded(
     for name in names:
         if name not in _BUILDERS:
             raise DataError(
-                f"unknown embedded domain {name!r}; known: {', '.join(EMBEDDED_DOMAINS)}"
+                f"unknown embedded domain {name!r}; known: {', '.join(KNOWN_EMBEDDED_DOMAINS)}"
             )
-        key = {"kind": "embedded", "name": name, "image_size": image_size, "seed": seed}
+        key = {
+            "kind": "embedded",
+            "name": name,
+            "image_size": image_size,
+            "seed": seed,
+            "builder": EMBEDDED_BUILDER_VERSION,
+        }
         build = functools.partial(_source, name, image_size, seed)
         out[name] = load_or_build(folder / name, key, build, image_size).domain()
     return out

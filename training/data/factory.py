@@ -8,7 +8,7 @@ from pathlib import Path
 
 from training.data.decathlon import load_decathlon_domain
 from training.data.domain import DataError, DomainData
-from training.data.embedded import EMBEDDED_DOMAINS, build_embedded
+from training.data.embedded import EMBEDDED_DOMAINS, KNOWN_EMBEDDED_DOMAINS, build_embedded
 from training.data.imagefolder import load_imagefolder_domain
 
 __all__ = ["DomainPlan", "load_domains", "plan_domains"]
@@ -30,9 +30,9 @@ def plan_domains(spec: Sequence[str], image_size: int) -> DomainPlan:
         if kind == "embedded" and not rest:
             plan.extend(("embedded", n, None) for n in EMBEDDED_DOMAINS)
         elif kind == "embedded":
-            if rest not in EMBEDDED_DOMAINS:
+            if rest not in KNOWN_EMBEDDED_DOMAINS:
                 raise DataError(
-                    f"unknown embedded domain {rest!r}; known: {', '.join(EMBEDDED_DOMAINS)}"
+                    f"unknown embedded domain {rest!r}; known: {', '.join(KNOWN_EMBEDDED_DOMAINS)}"
                 )
             plan.append(("embedded", rest, None))
         elif kind in ("imagefolder", "decathlon"):
@@ -56,19 +56,21 @@ def plan_domains(spec: Sequence[str], image_size: int) -> DomainPlan:
 
 
 def load_domains(
-    spec: Sequence[str], cache_dir: Path, image_size: int, seed: int, workers: int = 0
+    spec: Sequence[str], cache_dir: Path, image_size: int, split_seed: int, workers: int = 0
 ) -> dict[str, DomainData]:
     """Load domains from spec items, in order, after checking them all (``plan_domains``),
     through the on-disk cache under ``cache_dir`` (user images are decoded into it once, by
-    ``workers`` processes).
+    ``workers`` processes). ``split_seed`` draws every seeded split (and the animals subset);
+    it is not the training seed.
 
-    Items: ``embedded`` (all embedded domains), ``embedded:<name>``,
+    Items: ``embedded`` (the default embedded domains), ``embedded:<name>`` (any of
+    ``KNOWN_EMBEDDED_DOMAINS``),
     ``imagefolder:<name>=<path>`` or ``decathlon:<name>=<path>``.
     """
     plan = plan_domains(spec, image_size)
     cache_dir = Path(cache_dir)
     embedded = build_embedded(
-        cache_dir, image_size, seed, [n for k, n, _ in plan if k == "embedded"]
+        cache_dir, image_size, split_seed, [n for k, n, _ in plan if k == "embedded"]
     )
     out: dict[str, DomainData] = {}
     for kind, name, path in plan:
@@ -76,8 +78,12 @@ def load_domains(
             out[name] = embedded[name]
         elif kind == "imagefolder":
             assert path is not None
-            out[name] = load_imagefolder_domain(path, name, image_size, cache_dir, seed, workers)
+            out[name] = load_imagefolder_domain(
+                path, name, image_size, cache_dir, split_seed, workers
+            )
         else:
             assert path is not None
-            out[name] = load_decathlon_domain(path, name, image_size, cache_dir, seed, workers)
+            out[name] = load_decathlon_domain(
+                path, name, image_size, cache_dir, split_seed, workers
+            )
     return out

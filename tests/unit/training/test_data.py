@@ -3,6 +3,7 @@ The Decathlon format has its own file (test_decathlon.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -34,6 +35,8 @@ from training.data import (
     restricted_pickle_load,
     train_augment,
 )
+from training.data.domain import distinct_images
+from training.data.embedded import EMBEDDED_BUILDER_VERSION
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
 
@@ -95,7 +98,13 @@ def test_cache_files_and_reload(
     for name, domain in embedded_domains.items():
         meta = json.loads((folder / name / "cache.json").read_text())
         assert meta["labels"] == domain.labels
-        assert meta["key"] == {"kind": "embedded", "name": name, "image_size": 32, "seed": 0}
+        assert meta["key"] == {
+            "kind": "embedded",
+            "name": name,
+            "image_size": 32,
+            "seed": 0,
+            "builder": EMBEDDED_BUILDER_VERSION,
+        }
         for split in SPLITS:  # the images stay on disk, read when needed
             assert isinstance(domain.images[split], ImageShard)
             assert domain.images[split].path == folder / name / f"{split}.images.npy"
@@ -106,6 +115,27 @@ def test_cache_files_and_reload(
     again = build_embedded_benchmark(embedded_cache_root, 32, 0)
     _assert_same(embedded_domains, again)
     assert benchmark_digest(again) == benchmark_digest(embedded_domains)
+
+
+def test_no_image_is_in_two_splits(embedded_domains: dict[str, DomainData]) -> None:
+    """Each distinct image once: animal_mnist ships 284 pairs of identical silhouettes, which
+    would otherwise put some test images into training."""
+    for name, domain in embedded_domains.items():
+        seen: set[bytes] = set()
+        for split in SPLITS:
+            images = np.asarray(domain.images[split])
+            hashes = {hashlib.sha256(x.tobytes()).digest() for x in images}
+            assert len(hashes) == len(images), (name, split)
+            assert not hashes & seen, (name, split)
+            seen |= hashes
+
+
+def test_distinct_images_keeps_first_occurrences() -> None:
+    images = np.zeros((5, 2, 2, 3), dtype=np.uint8)
+    images[1, 0, 0, 0] = 1
+    images[3, 0, 0, 0] = 1  # a copy of image 1
+    images[4, 1, 1, 2] = 9
+    assert distinct_images(images).tolist() == [0, 1, 4]
 
 
 def test_same_seed_other_cache_dir_identical(
