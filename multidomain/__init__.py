@@ -8,7 +8,7 @@ for every domain (``compact``), the serving core (``serving``), and torch-free h
 Imports: torch, numpy, Pillow and safetensors only (torchvision is a test reference, never
 imported here); nothing of this project outside ``multidomain``, and never a web framework:
 TorchServe archives ship a copy of this package and nothing else of the project. ``arch``,
-``files`` and ``stats`` import no torch, so ``reporting`` may use them.
+``costs``, ``files`` and ``stats`` import no torch, so ``reporting`` may use them.
 """
 
 from importlib.metadata import PackageNotFoundError

@@ -9,8 +9,9 @@ entry and the matching input slice of conv2.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 BASE_WIDTHS = (64, 128, 256)
 
@@ -101,3 +102,34 @@ class ArchSpec:
         if unknown:
             raise ArchitectureError(f"unknown architecture fields: {sorted(unknown)}")
         return cls(**data)
+
+
+_BN_SET = re.compile(r"^(?P<prefix>.*\.bn[12]?)\.(?P<set>\d+)\.(?P<leaf>[a-z_]+)$")
+_HEAD = re.compile(r"^heads\.(?P<set>\d+)\.(?P<leaf>weight|bias)$")
+
+
+class DomainTensorName(NamedTuple):
+    """A per-domain tensor of a multi-domain ``ResNet26`` state dict: ``<prefix>.<domain>.<leaf>``
+    with prefix ``heads`` or a BatchNorm set (``blocks.3.bn1``, ``stem.bn``, ...)."""
+
+    prefix: str
+    domain: int
+    leaf: str
+
+    @property
+    def is_head(self) -> bool:
+        return self.prefix == "heads"
+
+    def for_domain(self, domain: int) -> str:
+        """The same tensor's name in another domain's BN set or head."""
+        return f"{self.prefix}.{domain}.{self.leaf}"
+
+
+def domain_tensor_name(name: str) -> DomainTensorName | None:
+    """The BatchNorm or head tensor ``name`` of a multi-domain ``ResNet26`` state dict taken
+    apart; ``None`` for a tensor every domain shares (a convolution)."""
+    match = _BN_SET.match(name) or _HEAD.match(name)
+    if match is None:
+        return None
+    prefix = match["prefix"] if match.re is _BN_SET else "heads"
+    return DomainTensorName(prefix, int(match["set"]), match["leaf"])

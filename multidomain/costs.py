@@ -7,19 +7,25 @@ weights, BatchNorm affines (2 per channel; running statistics are buffers) and h
 
 The *backbone* is the single-domain network without a head: every convolution plus one set of
 BatchNorm affines. A domain's cost fraction, the quantity the budget caps, is the backbone part
-of its subnetwork (shared convolutions it runs plus its BatchNorm) over the backbone.
+of its subnetwork (shared convolutions it runs plus its BatchNorm) over the backbone; its head
+is outside the budget (its size is fixed by the domain's classes) and counted apart.
+
+``count_backbone`` and ``count_artifact`` count what a weights file holds from its tensor shapes
+alone (a safetensors header, ``multidomain.files.safetensors_shapes``) and check the counts
+against the per-layer formulas. No torch: ``reporting`` recounts with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
-import torch
-from torch import Tensor
+from multidomain.arch import ArchSpec, domain_tensor_name
 
-from multidomain.arch import ArchSpec
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CostMetric = Literal["params", "macs"]
 
@@ -132,11 +138,8 @@ class LinearCost:
         return used / self.full
 
     def soft_fraction(self, channels: Sequence[Tensor]) -> Tensor:
-        used = sum(
-            (c * a for c, a in zip(self.per_channel, channels, strict=True)),
-            torch.zeros(()),
-        )
-        return (used + self.fixed) / self.full
+        used = sum(c * a for c, a in zip(self.per_channel, channels, strict=True))
+        return cast("Tensor", (used + self.fixed) / self.full)
 
     def floor(self, group: int) -> float:
         """Cost with one group of ``group`` channels per block: the least a domain can cost."""
@@ -183,3 +186,128 @@ def compact_totals(
         if c.kind != "conv"
     )
     return Totals(shared + per_domain, 0)
+
+
+Shapes = Mapping[str, Sequence[int]]
+
+
+class WeightCountError(ValueError):
+    """Tensor shapes that do not belong to the architecture they are counted for."""
+
+
+def _conv_areas(arch: ArchSpec) -> dict[str, int]:
+    """Output pixels of every convolution (its MACs per weight), by tensor name."""
+    return {f"{c.name}.weight": c.macs // c.params for c in layer_costs(arch) if c.kind == "conv"}
+
+
+def _affine(leaf: str) -> bool:
+    """BatchNorm and head leaves that are parameters (running statistics are buffers)."""
+    return leaf in ("weight", "bias")
+
+
+@dataclass(frozen=True)
+class BackboneCount:
+    """A backbone weights file counted: the single-domain backbone (every convolution, one BN
+    set, no head) and everything serving all its source domains takes (every BN set and head)."""
+
+    totals: Totals
+    all_domains_params: int
+    num_domains: int
+
+
+def count_backbone(arch: ArchSpec, shapes: Shapes) -> BackboneCount:
+    """Count a multi-domain ``ResNet26`` state dict's shapes (a pre-trained backbone)."""
+    areas = _conv_areas(arch)
+    conv_params = conv_macs = bn0 = per_domain = 0
+    sets: set[int] = set()
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        parsed = domain_tensor_name(name)
+        if parsed is not None:
+            sets.add(parsed.domain)
+            if _affine(parsed.leaf):
+                per_domain += size
+                bn0 += size if parsed.domain == 0 and not parsed.is_head else 0
+            continue
+        if name not in areas:
+            raise WeightCountError(f"tensor {name} is not a convolution of {arch.to_dict()}")
+        conv_params += size
+        conv_macs += size * areas[name]
+    counted = Totals(conv_params + bn0, conv_macs)
+    if counted != backbone_totals(arch):
+        raise WeightCountError(
+            f"backbone tensors count {counted}, the architecture {backbone_totals(arch)}"
+        )
+    return BackboneCount(counted, conv_params + per_domain, len(sets))
+
+
+@dataclass(frozen=True)
+class DomainCount:
+    """One domain of an artifact, counted from its tensors: the budgeted part (the shared
+    convolutions it runs, its own mid channels only, and its BatchNorm) and its head apart."""
+
+    name: str
+    mid_channels: list[int]
+    num_classes: int
+    params: int
+    macs: int
+    head_params: int
+    head_macs: int
+
+
+@dataclass(frozen=True)
+class ArtifactCount:
+    """An artifact's weights counted: everything serving all domains takes (the compact shared
+    convolutions, every domain's BatchNorm and head) and each domain's subnetwork."""
+
+    compact_params: int
+    domains: list[DomainCount]
+
+
+def count_artifact(arch: ArchSpec, shapes: Shapes, names: Sequence[str]) -> ArtifactCount:
+    """Count an artifact's weights file (``multidomain.artifact``'s tensor names) from its shapes:
+    a domain's mid channels are the length of its ``bn1`` tensors, its conv slices are its share
+    of the compact convolutions, its classes its head's rows. ``names``: the domains in order."""
+    areas = _conv_areas(arch)
+    shared = {n: list(s) for n, s in shapes.items() if not n.startswith("domains.")}
+    for name in shared:
+        if name not in areas:
+            raise WeightCountError(f"tensor {name} is not a convolution of {arch.to_dict()}")
+    compact = sum(math.prod(s) for s in shared.values())
+    blocks = arch.blocks()
+    domains = []
+    for k, domain in enumerate(names):
+        prefix = f"domains.{k}."
+        own = {n.removeprefix(prefix): list(s) for n, s in shapes.items() if n.startswith(prefix)}
+        try:
+            mids = [own[f"{b.name}.bn1.weight"][0] for b in blocks]
+            head_weight, head_bias = own["head.weight"], own["head.bias"]
+        except (KeyError, IndexError) as exc:
+            raise WeightCountError(f"domain {domain!r}: no tensor {exc} in the weights") from None
+        affine = sum(math.prod(s) for n, s in own.items() if _affine(n.rsplit(".", 1)[-1]))
+        compact += affine
+        head = math.prod(head_weight) + math.prod(head_bias)
+        params, macs = affine - head, 0
+        for name, shape in shared.items():
+            size = math.prod(shape)
+            for b, mid in zip(blocks, mids, strict=True):
+                if name == f"{b.name}.conv1.weight":
+                    size = size // shape[0] * mid
+                elif name == f"{b.name}.conv2.weight":
+                    size = size // shape[1] * mid
+            params += size
+            macs += size * areas[name]
+        counted = DomainCount(
+            domain, mids, head_weight[0], params, macs, head, math.prod(head_weight)
+        )
+        formula = subnet_totals(arch, mids)
+        if Totals(params, macs) != formula or counted.head_params != head_weight[0] * (
+            arch.feature_channels + 1
+        ):
+            raise WeightCountError(
+                f"domain {domain!r}: its tensors count {params:,} params and {macs:,} MACs, "
+                f"the architecture with mid channels {mids} {formula.params:,} and "
+                f"{formula.macs:,}"
+            )
+        domains.append(counted)
+    return ArtifactCount(compact, domains)

@@ -1,4 +1,5 @@
-"""File helpers every package may use (no torch): atomic writes, JSON reading, sha256.
+"""File helpers every package may use (no torch): atomic writes, JSON reading, sha256, the
+tensor shapes of a safetensors file (its header only).
 
 A write goes to a temporary file beside its target and is renamed into place only when it is
 complete, so nothing half-written is ever left under the final name, with the mode a plain
@@ -21,6 +22,7 @@ __all__ = [
     "atomic_path",
     "current_umask",
     "read_json",
+    "safetensors_shapes",
     "sha256_file",
     "write_json",
     "write_text",
@@ -98,3 +100,17 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def safetensors_shapes(path: Path, error: type[Exception] = ValueError) -> dict[str, list[int]]:
+    """Every tensor's shape in the safetensors file ``path``, read from its header (no tensor
+    data is read, no torch); a missing or invalid file raises ``error`` naming the path."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except (OSError, SafetensorError) as exc:
+        raise error(f"{path}: not a readable safetensors file ({exc})") from None

@@ -8,20 +8,24 @@ domain index selects them) and a configurable number of ``mid`` channels per blo
 * a domain's compact subnetwork at serving time (one BN set, one head, only the domain's own
   mid channels), built from an artifact by ``multidomain.artifact``.
 
-``domain_tensor_name`` is the one rule for telling a per-domain tensor (a BN set's, a head's) from
-a shared one by its state-dict name.
+``domain_tensor_name`` (defined in the torch-free ``arch``, re-exported here) is the one rule
+for telling a per-domain tensor (a BN set's, a head's) from a shared one by its state-dict name.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from multidomain.arch import ArchitectureError, ArchSpec, BlockSpec
+from multidomain.arch import (
+    ArchitectureError,
+    ArchSpec,
+    BlockSpec,
+    DomainTensorName,
+    domain_tensor_name,
+)
 from multidomain.groups import expand_groups
 
 __all__ = [
@@ -35,9 +39,6 @@ __all__ = [
     "split_state_dict",
     "ste_binarize",
 ]
-
-_BN_SET = re.compile(r"^(?P<prefix>.*\.bn[12]?)\.(?P<set>\d+)\.(?P<leaf>[a-z_]+)$")
-_HEAD = re.compile(r"^heads\.(?P<set>\d+)\.(?P<leaf>weight|bias)$")
 
 
 def _bn_sets(channels: int, count: int) -> nn.ModuleList:
@@ -137,33 +138,6 @@ class ResNet26(nn.Module):
         """Per-domain BatchNorm affines and heads."""
         shared = {id(p) for p in self.shared_parameters()}
         return [p for p in self.parameters() if id(p) not in shared]
-
-
-class DomainTensorName(NamedTuple):
-    """A per-domain tensor of a multi-domain ``ResNet26`` state dict: ``<prefix>.<domain>.<leaf>``
-    with prefix ``heads`` or a BatchNorm set (``blocks.3.bn1``, ``stem.bn``, ...)."""
-
-    prefix: str
-    domain: int
-    leaf: str
-
-    @property
-    def is_head(self) -> bool:
-        return self.prefix == "heads"
-
-    def for_domain(self, domain: int) -> str:
-        """The same tensor's name in another domain's BN set or head."""
-        return f"{self.prefix}.{domain}.{self.leaf}"
-
-
-def domain_tensor_name(name: str) -> DomainTensorName | None:
-    """The BatchNorm or head tensor ``name`` of a multi-domain ``ResNet26`` state dict taken
-    apart; ``None`` for a tensor every domain shares (a convolution)."""
-    match = _BN_SET.match(name) or _HEAD.match(name)
-    if match is None:
-        return None
-    prefix = match["prefix"] if match.re is _BN_SET else "heads"
-    return DomainTensorName(prefix, int(match["set"]), match["leaf"])
 
 
 def split_state_dict(

@@ -3,22 +3,28 @@
 An input is an artifact folder (holds ``manifest.json``), any folder searched recursively for
 ``manifest.json`` files (a model store, ``runs/grid``), a ``manifest.json`` file itself, or a
 results JSON written by ``bench/budget_grid.py`` (its ``grid`` rows point at artifact folders;
-where an artifact is gone the row's own numbers are used and its channel picture is skipped;
-its ``backbone`` and ``reference_finetuned_alone`` become reference lines).
+where an artifact is gone the row's copy of its manifest and of its weights' tensor shapes are
+used; its protocols' backbones and ``reference_finetuned_alone`` become reference rows).
 
-Only manifests are read (no weights, no hash check). Optional fields that a manifest lacks are
-shown as missing and whatever cannot be plotted is skipped. Plots:
+Manifests and the safetensors headers of the weights are read (no tensor data, no hash
+check). Optional fields that a manifest lacks are shown as missing and whatever cannot be
+plotted is skipped. Plots:
 
 * ``accuracy_vs_budget.png``: mean test accuracy vs budget, one line per sharing variant;
 * ``cost_vs_budget.png``: compact params / backbone params and domain MACs / backbone MACs
   (mean, bars min..max) vs budget, with the single-domain backbone (1.0) and the budget line;
+* ``score_vs_params.png``: accuracy and S-score against compact params (mean ± std over seeds);
 * ``channel_usage_<model>_<version>.png``: per block, which backbone channels each domain uses
   and which survive pruning (all runs, or those at the default budget when there are many);
 * ``nested_accuracy_vs_budget.png`` (when a run is nested, ``mdprune train --budgets``): each
   nested run's levels next to the runs trained alone at one budget, also as a table.
 
-Every run is also checked against its budget: a domain whose ``params_fraction`` or
-``macs_fraction`` (the ones its ``budget_metric`` caps) exceeds the budget is reported.
+Every ratio is counted from the weights' tensor shapes at report time (``counts``), never read
+from the manifest (a manifest that disagrees with its weights is named in the warnings); the
+S-score and efficiency come from ``scores``, the mean ± std over seeds and the rule that calls a
+difference real from ``seeds``. Every run is also checked against its budget: a domain whose
+counted params or MACs fraction (the ones its ``budget_metric`` caps) exceeds the budget is
+reported.
 
 What the report could not use (an artifact folder not found, a field not recorded) is named in
 its warnings: returned, passed to ``warn`` and written into both files. A report already in
@@ -45,12 +51,16 @@ from reporting.plots import (
     ACCURACY_PLOT,
     COST_PLOT,
     NESTED_PLOT,
+    SCORE_PLOT,
     plot_accuracy,
     plot_channel_usage,
     plot_costs,
     plot_nested,
+    plot_scores,
 )
-from reporting.render import reference_row, render_markdown, run_row
+from reporting.render import reference_row, render_markdown, run_row, setting_row
+from reporting.scores import score_runs
+from reporting.seeds import findings, headline, settings_of
 
 __all__ = ["DEFAULT_BUDGET", "MAX_CHANNEL_PLOTS", "build_report", "missing_fields", "nested_rows"]
 
@@ -87,16 +97,13 @@ def missing_fields(run: Run) -> list[str]:
             ("budget_metric", run.budget_metric),
             ("sharing", None if run.sharing == "?" else run.sharing),
             ("sharing weight", 0.0 if run.sharing == "none" else run.sharing_weight),
-            ("compact params_fraction", run.compact_params_fraction),
             ("training wall time", run.wall_time_s),
         )
         if value is None
     ]
-    for name, values in (
-        ("test_accuracy", run.test_accuracy),
-        ("params_fraction", run.params_fraction),
-        ("macs_fraction", run.macs_fraction),
-    ):
+    if run.counted is None:
+        missing.append("weights (no ratio counted)")
+    for name, values in (("test_accuracy", run.test_accuracy),):
         lacking = [d for d in run.domains if values.get(d) is None]
         if lacking:
             missing.append(f"{name} of {', '.join(lacking)}")
@@ -111,9 +118,10 @@ def run_warnings(runs: Sequence[Run]) -> list[str]:
     for run in runs:
         missing = missing_fields(run)
         lacking = f"; not recorded: {', '.join(missing)}" if missing else ""
+        lacking += "".join(f"; {note}" for note in run.count_notes)
         if run.note is not None:
             warnings.append(f"{run.label}: {run.note}{lacking}")
-        elif missing:
+        elif missing or run.count_notes:
             warnings.append(f"{run.label} ({run.source}){lacking}")
     return warnings
 
@@ -197,9 +205,13 @@ def _plot_files(report: Mapping[str, Any]) -> set[str]:
     if not isinstance(plots, Mapping):
         return set()
     names = [
-        plots.get("accuracy_vs_budget"),
-        plots.get("cost_vs_budget"),
-        plots.get("nested_accuracy_vs_budget"),
+        plots.get(k)
+        for k in (
+            "accuracy_vs_budget",
+            "cost_vs_budget",
+            "score_vs_params",
+            "nested_accuracy_vs_budget",
+        )
     ]
     channel = plots.get("channel_usage")
     names += channel if isinstance(channel, list) else []
@@ -220,6 +232,7 @@ def build_report(
     if max_channel_plots < 0:
         raise ReportError(f"max channel plots must be >= 0, got {max_channel_plots}")
     runs, references = collect_runs(inputs)
+    score_runs(runs, references)
     check_runs(runs)
     warnings = run_warnings(runs)
     for line in warnings:
@@ -239,6 +252,9 @@ def build_report(
         names.add(name)
         run.channel_plot = name
     rows = [run_row(r) for r in runs]
+    settings = settings_of(runs)
+    by_seed = any(r.seed is not None for r in runs)
+    domains = list(dict.fromkeys(d for r in runs for d in r.domains))
     previous = _previous_report(out_dir)
     lost = _lost(previous, rows) if previous is not None else Counter()
     if lost and not replace_fuller:
@@ -256,6 +272,7 @@ def build_report(
         plots["cost_vs_budget"] = COST_PLOT
     if plot_nested(runs, out_dir / NESTED_PLOT):
         plots["nested_accuracy_vs_budget"] = NESTED_PLOT
+    plots["score_vs_params"] = SCORE_PLOT if plot_scores(runs, out_dir / SCORE_PLOT) else None
     for run, usage in channel_runs:
         assert run.channel_plot is not None
         plot_channel_usage(run, usage, out_dir / run.channel_plot)
@@ -266,6 +283,9 @@ def build_report(
         "inputs": [str(p) for p in inputs],
         "rows": rows,
         "references": [reference_row(r) for r in references],
+        "settings": [setting_row(s, domains) for s in settings] if by_seed else [],
+        "findings": findings(settings) if by_seed else [],
+        "headline": headline(settings) if by_seed else [],
         "plots": plots,
         "nested": nested_rows(runs),
         "budget_check": {

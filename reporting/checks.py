@@ -15,9 +15,10 @@ METRIC_FIELDS = {"params": ("params",), "macs": ("macs",), "both": ("params", "m
 
 def check_budget(run: Run) -> tuple[str, list[str]]:
     """``ok``/``over``/``unchecked`` and the notes: every domain's cost in the metric(s) its
-    budget caps must be at or below the domain's budget. A manifest's ``budget_costs`` (the
-    exact capped costs, ``latency@<batch>`` included) are checked where recorded, else the
-    ``params``/``macs`` fractions its ``budget_metric`` names."""
+    budget caps must be at or below the domain's budget. Params and MACs are the fractions
+    counted from the run's weights (``reporting.counts``), never the manifest's; a latency
+    budget (``latency@<batch>``, a prediction no weights can recount) is checked on the
+    manifest's ``budget_costs``."""
     if run.budget is None and not any(v is not None for v in run.domain_budgets.values()):
         return "unchecked", ["no budget recorded"]
     fields = METRIC_FIELDS.get(run.budget_metric or "both", ("params", "macs"))
@@ -29,8 +30,12 @@ def check_budget(run: Run) -> tuple[str, list[str]]:
         if budget is None:
             notes.append(f"no budget for {name}")
             continue
-        costs: dict[str, float | None] = dict(run.budget_costs.get(name, {}))
-        if not costs:
+        costs: dict[str, float | None]
+        if run.budget_metric == "latency":
+            recorded = run.budget_costs.get(name, {})
+            costs = {k: v for k, v in recorded.items() if k.startswith("latency")}
+            costs = costs or {"latency": None}
+        else:
             fractions = {"params": run.params_fraction, "macs": run.macs_fraction}
             costs = {f"{metric}_fraction": fractions[metric].get(name) for metric in fields}
         for metric, value in costs.items():

@@ -1,6 +1,7 @@
 """Reading what the report covers: artifact manifests, folders holding them and the results JSON
-of ``bench/budget_grid.py``. Only JSON is read (no weights, no hash check); optional fields a
-manifest lacks become ``None``.
+of ``bench/budget_grid.py``. Manifests are JSON; of the weights only the safetensors headers are
+read (tensor shapes, to count every ratio: ``reporting.counts``), no hash check; optional fields
+a manifest lacks become ``None``.
 
 A grid row is read from its artifact folder's manifest when the folder exists, else from the
 copy of that manifest the row records (``manifest``), else from the row's own numbers (no
@@ -15,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from multidomain.arch import ArchitectureError, ArchSpec
+from multidomain.costs import BackboneCount, WeightCountError, backbone_totals, count_backbone
 from multidomain.files import read_json
 from multidomain.stats import mean
+from reporting.counts import BACKBONE_WEIGHTS, Counted, count_run, locate, read_shapes
 from reporting.errors import ReportError
 
 __all__ = [
@@ -68,6 +72,13 @@ class Run:
     note: str | None = None  # where its data came from, when not from its artifact folder
     #: a nested artifact's levels: (budget, mean test accuracy), largest budget first
     levels: list[tuple[float, float | None]] = field(default_factory=list)
+    protocol: str | None = None  # a grid's protocol (same-domain, held-out)
+    seed: int | None = None  # a grid's training seed
+    counted: Counted | None = None  # the weights counted (every ratio comes from here)
+    s_score: float | None = None  # Visual Decathlon S-score against its protocol/seed baseline
+    s_per_params: float | None = None  # S per backbone's worth of parameters
+    s_per_macs: float | None = None  # S per backbone's worth of MACs (mean domain)
+    count_notes: list[str] = field(default_factory=list)  # why not counted, or mismatches
 
     @property
     def label(self) -> str:
@@ -76,11 +87,20 @@ class Run:
 
 @dataclass
 class Reference:
-    """A horizontal accuracy line (the pre-trained backbone, each domain fine-tuned alone)."""
+    """A reference row and accuracy line: a protocol's pre-trained backbone, or per protocol and
+    seed each domain fine-tuned alone (the S-score's baseline); ratios counted from weights."""
 
     label: str
-    mean_test_accuracy: float
+    mean_test_accuracy: float | None
     source: str
+    protocol: str | None = None
+    seed: int | None = None
+    kind: str = "backbone"  # backbone | alone
+    test_accuracy: dict[str, float | None] = field(default_factory=dict)
+    test_images: dict[str, int] = field(default_factory=dict)  # per domain, if recorded
+    params_fraction: float | None = None  # everything serving its domains / backbone
+    max_macs_fraction: float | None = None  # a domain's network / backbone (largest)
+    counted_from: str | None = None
 
 
 def _number(value: Any) -> float | None:
@@ -97,20 +117,16 @@ def _is_manifest(data: Any) -> bool:
     return isinstance(data, Mapping) and isinstance(data.get("domains"), list)
 
 
-def run_from_manifest(manifest: Mapping[str, Any], source: str) -> Run:
-    """The table row of one artifact manifest; missing optional fields become ``None``."""
+def run_from_manifest(
+    manifest: Mapping[str, Any], source: str, counted: Counted | None = None
+) -> Run:
+    """The table row of one artifact manifest; missing optional fields become ``None``. Its
+    ratios are ``counted``'s (the weights counted), ``None`` without it."""
     domains = [d for d in manifest.get("domains", []) if isinstance(d, Mapping)]
     names = [str(d.get("name", f"domain{k}")) for k, d in enumerate(domains)]
     sharing = as_mapping(manifest.get("sharing"))
-    compact = as_mapping(manifest.get("compact"))
-    backbone = as_mapping(manifest.get("backbone"))
-    compact_fraction = _number(compact.get("params_fraction"))
-    compact_params, backbone_params = (
-        _number(compact.get("params")),
-        _number(backbone.get("params")),
-    )
-    if compact_fraction is None and compact_params is not None and backbone_params:
-        compact_fraction = compact_params / backbone_params
+    params = counted.params_fraction() if counted is not None else {}
+    macs = counted.macs_fraction() if counted is not None else {}
     accuracy = {n: _number(d.get("test_accuracy")) for n, d in zip(names, domains, strict=True)}
     mean_accuracy = _number(manifest.get("mean_test_accuracy"))
     if mean_accuracy is None:
@@ -133,13 +149,9 @@ def run_from_manifest(manifest: Mapping[str, Any], source: str) -> Run:
         domains=names,
         test_accuracy=accuracy,
         mean_test_accuracy=mean_accuracy,
-        compact_params_fraction=compact_fraction,
-        params_fraction={
-            n: _number(d.get("params_fraction")) for n, d in zip(names, domains, strict=True)
-        },
-        macs_fraction={
-            n: _number(d.get("macs_fraction")) for n, d in zip(names, domains, strict=True)
-        },
+        compact_params_fraction=None if counted is None else counted.compact_params_fraction,
+        params_fraction={n: params.get(n) for n in names},
+        macs_fraction={n: macs.get(n) for n in names},
         wall_time_s=_number(as_mapping(manifest.get("training")).get("wall_time_s")),
         manifest=dict(manifest),
         domain_budgets={
@@ -168,6 +180,7 @@ def run_from_manifest(manifest: Mapping[str, Any], source: str) -> Run:
             if isinstance(level, Mapping)
             and (level_budget := _number(level.get("budget"))) is not None
         ],
+        counted=counted,
     )
 
 
@@ -178,9 +191,7 @@ def _batch_order(batch: str) -> tuple[int, str]:
 def run_from_grid_row(row: Mapping[str, Any], source: str) -> Run:
     """A grid row whose artifact folder is gone: its own numbers, no channel picture."""
     accuracy = {str(k): _number(v) for k, v in as_mapping(row.get("test_accuracy")).items()}
-    macs = {str(k): _number(v) for k, v in as_mapping(row.get("domain_macs_fraction")).items()}
-    params = {str(k): _number(v) for k, v in as_mapping(row.get("domain_params_fraction")).items()}
-    names = list(dict.fromkeys([*accuracy, *macs, *params]))
+    names = list(accuracy)
     artifact = Path(str(row.get("artifact", "?/?")))
     mean_accuracy = _number(row.get("mean_test_accuracy"))
     return Run(
@@ -197,37 +208,124 @@ def run_from_grid_row(row: Mapping[str, Any], source: str) -> Run:
         mean_test_accuracy=mean_accuracy
         if mean_accuracy is not None
         else mean(accuracy.get(n) for n in names),
-        compact_params_fraction=_number(row.get("compact_params_fraction")),
-        params_fraction={n: params.get(n) for n in names},
-        macs_fraction={n: macs.get(n) for n in names},
+        compact_params_fraction=None,  # nothing to count: ratios are never copied
+        params_fraction={n: None for n in names},
+        macs_fraction={n: None for n in names},
         wall_time_s=_number(row.get("wall_time_s")),
     )
 
 
 def _find_artifact(artifact: str, grid_file: Path) -> Path | None:
     """The grid stores artifact paths relative to where it ran (usually the repo root)."""
-    given = Path(artifact)
-    candidates = [given]
-    if not given.is_absolute():
-        candidates += [parent / given for parent in list(grid_file.resolve().parents)[:4]]
-    for candidate in candidates:
-        if (candidate / MANIFEST_FILE).is_file():
-            return candidate / MANIFEST_FILE
-    return None
+    return locate(artifact, grid_file, MANIFEST_FILE)
+
+
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _counted_weights(
+    arch: ArchSpec | None, shapes: Any, run: Any, near: Path
+) -> tuple[BackboneCount | None, str]:
+    """A backbone-format weights file counted: from its run folder, else the recorded shapes."""
+    if arch is None:
+        return None, "no architecture recorded"
+    try:
+        found = locate(str(run), near, BACKBONE_WEIGHTS) if isinstance(run, str) else None
+        if found is not None:
+            return count_backbone(arch, read_shapes(found)), str(found)
+        if isinstance(shapes, Mapping) and shapes:
+            return count_backbone(arch, dict(shapes)), f"tensor shapes recorded in {near}"
+    except (WeightCountError, ReportError, TypeError) as exc:
+        return None, f"not counted: {exc}"
+    return None, "weights not found nor recorded"
+
+
+def _grid_arch(data: Mapping[str, Any]) -> ArchSpec | None:
+    try:
+        return ArchSpec.from_dict(dict(as_mapping(as_mapping(data.get("settings")).get("arch"))))
+    except (ArchitectureError, TypeError, ValueError):
+        return None
 
 
 def _grid_references(data: Mapping[str, Any], source: Path, tag: str) -> list[Reference]:
+    """The backbone of every protocol and, per protocol and seed, every target domain
+    fine-tuned alone; their ratios counted from their weights (or recorded tensor shapes)."""
+    arch = _grid_arch(data)
     references = []
-    backbone = _number(as_mapping(data.get("backbone")).get("mean_test_accuracy"))
-    if backbone is not None:
-        references.append(
-            Reference(f"backbone (pre-trained, all domains){tag}", backbone, str(source))
+    protocols = as_mapping(data.get("protocols"))
+    counts: dict[str, BackboneCount] = {}
+    for protocol, raw in protocols.items():
+        backbone = as_mapping(as_mapping(raw).get("backbone"))
+        count, where = _counted_weights(
+            arch, backbone.get("weights_shapes"), backbone.get("run"), source
         )
-    alone = as_mapping(data.get("reference_finetuned_alone"))
-    accuracies = [_number(as_mapping(v).get("test_accuracy")) for v in alone.values()]
-    reference = mean(accuracies)
-    if reference is not None:
-        references.append(Reference(f"each domain fine-tuned alone{tag}", reference, str(source)))
+        accuracy = {
+            str(k): _number(v) for k, v in as_mapping(backbone.get("test_accuracy")).items()
+        }
+        sources = ", ".join(str(d) for d in as_mapping(raw).get("sources", []))
+        reference = Reference(
+            f"backbone (pre-trained on {sources}){tag}",
+            mean(accuracy.values()),
+            str(source),
+            protocol=str(protocol),
+            kind="backbone",
+            test_accuracy=accuracy,
+            counted_from=where,
+        )
+        if count is not None and arch is not None:
+            counts[str(protocol)] = count
+            reference.params_fraction = count.all_domains_params / count.totals.params
+            reference.max_macs_fraction = count.totals.macs / backbone_totals(arch).macs
+        references.append(reference)
+    alone = data.get("reference_finetuned_alone")
+    if isinstance(alone, Mapping):  # a grid of one protocol and seed, before counts
+        level = _number(as_mapping(data.get("backbone")).get("mean_test_accuracy"))
+        if level is not None:
+            references.append(
+                Reference(f"backbone (pre-trained, all domains){tag}", level, str(source))
+            )
+        accuracies = [_number(as_mapping(v).get("test_accuracy")) for v in alone.values()]
+        mean_accuracy = mean(accuracies)
+        if mean_accuracy is not None:
+            references.append(
+                Reference(f"each domain fine-tuned alone{tag}", mean_accuracy, str(source))
+            )
+        return references
+    groups: dict[tuple[str, int | None], list[Mapping[str, Any]]] = {}
+    for row in alone if isinstance(alone, list) else []:
+        if isinstance(row, Mapping):
+            key = (str(row.get("protocol", "?")), _integer(row.get("seed")))
+            groups.setdefault(key, []).append(row)
+    for (protocol, seed), rows in groups.items():
+        reference = Reference(
+            f"each domain fine-tuned alone{tag}",
+            None,
+            str(source),
+            protocol=protocol,
+            seed=seed,
+            kind="alone",
+        )
+        params, macs, notes = 0, [], []
+        for row in rows:
+            domain = str(row.get("domain", "?"))
+            reference.test_accuracy[domain] = _number(row.get("test_accuracy"))
+            images = _integer(row.get("test_images"))
+            if images is not None:
+                reference.test_images[domain] = images
+            count, where = _counted_weights(arch, row.get("weights_shapes"), row.get("run"), source)
+            base = counts.get(protocol)
+            if count is None or base is None:
+                notes.append(f"{domain}: {where}")
+                continue
+            params += count.all_domains_params
+            macs.append(count.totals.macs / base.totals.macs)
+        reference.mean_test_accuracy = mean(reference.test_accuracy.values())
+        if not notes and protocol in counts:
+            reference.params_fraction = params / counts[protocol].totals.params
+            reference.max_macs_fraction = max(macs, default=None)
+        reference.counted_from = "; ".join(notes) or "each fine-tuned network's weights"
+        references.append(reference)
     return references
 
 
@@ -238,7 +336,13 @@ class _Collector:
     seen: set[str] = field(default_factory=set)
     grid_files: int = 0
 
-    def add_manifest(self, path: Path, data: Any | None = None) -> None:
+    def add_manifest(
+        self,
+        path: Path,
+        data: Any | None = None,
+        row: Mapping[str, Any] | None = None,
+        backbone_shapes: Any = None,
+    ) -> None:
         key = str(path.resolve())
         if key in self.seen:
             return
@@ -246,21 +350,44 @@ class _Collector:
         if not _is_manifest(manifest):
             raise ReportError(f"{path}: not an artifact manifest (no 'domains' list)")
         self.seen.add(key)
-        self.runs.append(run_from_manifest(manifest, str(path)))
+        self.runs.append(self._counted_run(manifest, path, path.parent, row, backbone_shapes))
+
+    @staticmethod
+    def _counted_run(
+        manifest: Mapping[str, Any],
+        near: Path,
+        artifact_dir: Path | None,
+        row: Mapping[str, Any] | None,
+        backbone_shapes: Any,
+        source: str | None = None,
+    ) -> Run:
+        row = row or {}
+        counted, notes = count_run(
+            manifest, near, artifact_dir, row.get("weights_shapes"), backbone_shapes
+        )
+        run = run_from_manifest(manifest, source or str(near), counted)
+        run.count_notes = notes
+        run.protocol = str(row["protocol"]) if "protocol" in row else None
+        run.seed = _integer(row.get("seed"))
+        return run
 
     def add_grid(self, path: Path, data: Mapping[str, Any]) -> None:
         rows = data.get("grid")
         if not isinstance(rows, list):
             raise ReportError(f"{path}: 'grid' must be a list of rows")
         self.grid_files += 1
+        protocols = as_mapping(data.get("protocols"))
         for k, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise ReportError(f"{path}: grid row {k} is not an object")
+            protocol = as_mapping(protocols.get(str(row.get("protocol"))))
+            backbone = as_mapping(protocol.get("backbone"))
+            shapes = backbone.get("weights_shapes")
             artifact = str(row.get("artifact", ""))
             found = _find_artifact(artifact, path)
             manifest = read_json(found, ReportError) if found is not None else None
             if found is not None and _is_manifest(manifest):
-                self.add_manifest(found, manifest)
+                self.add_manifest(found, manifest, row, shapes)
                 continue
             key = f"{path.resolve()}#{k}"
             if key in self.seen:
@@ -269,7 +396,7 @@ class _Collector:
             source = f"{path} (grid row {k})"
             recorded = as_mapping(row.get("manifest"))
             if _is_manifest(recorded):
-                self.runs.append(run_from_manifest(recorded, source))
+                self.runs.append(self._counted_run(recorded, path, None, row, shapes, source))
                 continue
             run = run_from_grid_row(row, source)
             run.note = (

@@ -3,8 +3,11 @@
 * ``accuracy_vs_budget.png``: mean test accuracy vs budget, one line per sharing variant;
 * ``cost_vs_budget.png``: compact params / backbone params and domain MACs / backbone MACs
   (mean, bars min..max) vs budget, with the single-domain backbone (1.0) and the budget line;
+* ``score_vs_params.png``: mean accuracy and S-score against compact params (the Pareto view);
 * ``channel_usage_<model>_<version>.png``: per block, which backbone channels each domain uses
   and which survive pruning.
+
+Several runs of one setting (seeds) are drawn as their mean with std error bars.
 
 Whatever a run lacks is skipped; a plot with nothing to draw is not written.
 """
@@ -12,7 +15,7 @@ Whatever a run lacks is skipped; a plot with nothing to draw is not written.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,21 +23,26 @@ from typing import Any
 from multidomain.files import atomic_path
 from reporting.channels import ChannelUsage
 from reporting.inputs import Reference, Run, as_mapping, sharing_key
+from reporting.seeds import Spread, spread
 
 __all__ = [
     "ACCURACY_PLOT",
     "COST_PLOT",
     "NESTED_PLOT",
+    "SCORE_PLOT",
     "plot_accuracy",
     "plot_channel_usage",
     "plot_costs",
     "plot_nested",
+    "plot_scores",
 ]
 
 ACCURACY_PLOT = "accuracy_vs_budget.png"
 NESTED_PLOT = "nested_accuracy_vs_budget.png"
 COST_PLOT = "cost_vs_budget.png"
+SCORE_PLOT = "score_vs_params.png"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+GREY_DARK, GREY_MID, GREY_LIGHT = "#333333", "#4d4d4d", "#808080"
 
 
 def _agg() -> None:
@@ -48,11 +56,43 @@ def _save(figure: Any, path: Path) -> None:
         figure.savefig(tmp, format="png", dpi=110)
 
 
+def _variant(run: Run) -> str:
+    """A line of the plots: the sharing variant, and the protocol when the run has one."""
+    return run.sharing if run.protocol is None else f"{run.protocol}: {run.sharing}"
+
+
 def _by_sharing(runs: Sequence[Run]) -> dict[str, list[Run]]:
     groups: dict[str, list[Run]] = {}
-    for run in sorted(runs, key=lambda r: sharing_key(r.sharing)):
-        groups.setdefault(run.sharing, []).append(run)
+    for run in sorted(runs, key=lambda r: (r.protocol or "", sharing_key(r.sharing))):
+        groups.setdefault(_variant(run), []).append(run)
     return {k: sorted(v, key=lambda r: r.budget or 0.0) for k, v in groups.items()}
+
+
+def _over_seeds(
+    group: Sequence[Run], value: Callable[[Run], float | None]
+) -> list[tuple[float, Spread]]:
+    """Per budget of ``group``: the value's mean and spread over the runs (seeds)."""
+    budgets = sorted({r.budget for r in group if r.budget is not None})
+    points = []
+    for budget in budgets:
+        found = spread(value(r) for r in group if r.budget == budget)
+        if found is not None:
+            points.append((budget, found))
+    return points
+
+
+def _errorbar(
+    axes: Any, xs: list[float], points: Sequence[Spread], style: _Style, label: str
+) -> None:
+    axes.errorbar(
+        xs,
+        [p.mean for p in points],
+        yerr=[p.std or 0.0 for p in points],
+        marker=style.marker,
+        color=style.color,
+        capsize=3,
+        label=label,
+    )
 
 
 @dataclass(frozen=True)
@@ -94,19 +134,27 @@ def plot_accuracy(runs: Sequence[Run], references: Sequence[Reference], path: Pa
     styles = _styles(runs)
     for sharing, group in _by_sharing(points).items():
         style = styles[sharing]
-        xs = [r.budget + style.offset for r in group if r.budget is not None]
-        ys = [r.mean_test_accuracy for r in group if r.mean_test_accuracy is not None]
-        axes.plot(xs, ys, marker=style.marker, color=style.color, label=f"sharing: {sharing}")
+        means = _over_seeds(group, lambda r: r.mean_test_accuracy)
+        _errorbar(
+            axes,
+            [b + style.offset for b, _ in means],
+            [p for _, p in means],
+            style,
+            f"sharing: {sharing}",
+        )
     lines = ("--", ":", "-.")
-    for k, reference in enumerate(references):
+    labels: dict[str, list[float]] = {}
+    for reference in references:
+        if reference.mean_test_accuracy is not None:
+            where = f"{reference.protocol}: " if reference.protocol else ""
+            labels.setdefault(where + reference.label, []).append(reference.mean_test_accuracy)
+    for k, (label, values) in enumerate(labels.items()):
+        level = sum(values) / len(values)
         axes.axhline(
-            reference.mean_test_accuracy,
-            color="0.3",
-            linestyle=lines[k % len(lines)],
-            label=f"{reference.label} ({reference.mean_test_accuracy:.3f})",
+            level, color=GREY_MID, linestyle=lines[k % len(lines)], label=f"{label} ({level:.3f})"
         )
     _budget_axis(axes, points)
-    axes.set_ylabel("mean test accuracy (over domains)")
+    axes.set_ylabel("mean test accuracy (over domains; bars: std over seeds)")
     axes.set_title("Accuracy vs budget")
     figure.legend(loc="outside right upper", fontsize="small")
     _save(figure, path)
@@ -163,8 +211,8 @@ def plot_nested(runs: Sequence[Run], path: Path) -> bool:
 
 def _reference_lines(axes: Any, runs: Sequence[Run]) -> None:
     top = max([1.0, *(r.budget for r in runs if r.budget is not None)]) + 0.05
-    axes.axhline(1.0, color="0.2", linestyle="--", label="single-domain backbone")
-    axes.plot([0.0, top], [0.0, top], color="0.5", linestyle=":", label="budget (y = β)")
+    axes.axhline(1.0, color=GREY_DARK, linestyle="--", label="single-domain backbone")
+    axes.plot([0.0, top], [0.0, top], color=GREY_LIGHT, linestyle=":", label="budget (y = β)")
 
 
 def plot_costs(runs: Sequence[Run], path: Path) -> bool:
@@ -185,20 +233,29 @@ def plot_costs(runs: Sequence[Run], path: Path) -> bool:
     styles = _styles(runs)
     for sharing, group in _by_sharing(params).items():
         style = styles[sharing]
-        left.plot(
-            [(r.budget or 0.0) + style.offset for r in group],
-            [r.compact_params_fraction or 0.0 for r in group],
-            marker=style.marker,
-            color=style.color,
-            label=f"sharing: {sharing}",
+        means = _over_seeds(group, lambda r: r.compact_params_fraction)
+        _errorbar(
+            left,
+            [b + style.offset for b, _ in means],
+            [p for _, p in means],
+            style,
+            f"sharing: {sharing}",
         )
     for sharing, group in _by_sharing(macs).items():
         style = styles[sharing]
         xs, ys, low, high = [], [], [], []
-        for run in group:
-            values = [v for v in run.macs_fraction.values() if v is not None]
+        for budget in sorted({r.budget for r in group if r.budget is not None}):
+            values = [
+                v
+                for r in group
+                if r.budget == budget
+                for v in r.macs_fraction.values()
+                if v is not None
+            ]
+            if not values:
+                continue
             average = sum(values) / len(values)
-            xs.append((run.budget or 0.0) + style.offset)
+            xs.append(budget + style.offset)
             ys.append(average)
             low.append(average - min(values))
             high.append(max(values) - average)
@@ -214,13 +271,13 @@ def plot_costs(runs: Sequence[Run], path: Path) -> bool:
     for axes, title, ylabel, shown in (
         (
             left,
-            "Everything needed to serve all domains",
+            "Everything needed to serve all domains (bars: std over seeds)",
             "compact params / backbone params",
             params,
         ),
         (
             right,
-            "Each domain's compute (mean, bars: min..max over domains)",
+            "Each domain's compute (mean, bars: min..max over domains and seeds)",
             "domain MACs / backbone MACs",
             macs,
         ),
@@ -233,7 +290,56 @@ def plot_costs(runs: Sequence[Run], path: Path) -> bool:
         if not shown:
             axes.text(0.5, 0.5, "no data", transform=axes.transAxes, ha="center")
         axes.legend(loc="upper left", fontsize="small")
-    figure.suptitle("Cost vs budget (single-domain backbone = 1.0)")
+    figure.suptitle("Cost vs budget (single-domain backbone = 1)")
+    _save(figure, path)
+    return True
+
+
+def plot_scores(runs: Sequence[Run], path: Path) -> bool:
+    """Accuracy and S-score against compact params (all domains served), mean ± std over seeds
+    per setting, one line per sharing variant (the Pareto view); ``False`` if no run has both."""
+    points = [r for r in runs if r.compact_params_fraction is not None and r.budget is not None]
+    if not points:
+        return False
+    _agg()
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(13.0, 5.0), layout="constrained")
+    left, right = figure.subplots(1, 2, sharex=True)
+    styles = _styles(runs)
+    drawn = 0
+    for axes, value, ylabel in (
+        (left, lambda r: r.mean_test_accuracy, "mean test accuracy"),
+        (right, lambda r: r.s_score, "Visual Decathlon S-score"),
+    ):
+        for sharing, group in _by_sharing(points).items():
+            style = styles[sharing]
+            xs = _over_seeds(group, lambda r: r.compact_params_fraction)
+            ys = dict(_over_seeds(group, value))
+            pairs = [(x, ys[b]) for b, x in xs if b in ys]
+            if not pairs:
+                continue
+            drawn += 1
+            axes.errorbar(
+                [x.mean for x, _ in pairs],
+                [y.mean for _, y in pairs],
+                xerr=[x.std or 0.0 for x, _ in pairs],
+                yerr=[y.std or 0.0 for _, y in pairs],
+                marker=style.marker,
+                color=style.color,
+                capsize=3,
+                label=f"sharing: {sharing}",
+            )
+        axes.set_xlabel("compact params / backbone params (all domains served)")
+        axes.set_ylabel(ylabel)
+        axes.grid(True, alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(loc="lower right", fontsize="small")
+        else:
+            axes.text(0.5, 0.5, "no data", transform=axes.transAxes, ha="center")
+    if not drawn:
+        return False
+    figure.suptitle("Accuracy and S-score against parameters (mean ± std over seeds)")
     _save(figure, path)
     return True
 
@@ -300,12 +406,12 @@ def plot_channel_usage(run: Run, usage: ChannelUsage, path: Path) -> None:
                 fontsize="x-small",
             )
     handles = [
-        Patch(facecolor=colours[2], edgecolor="0.5", label="used by the domain"),
-        Patch(facecolor=colours[1], edgecolor="0.5", label="kept, not used by the domain"),
-        Patch(facecolor=colours[3], edgecolor="0.5", label="kept after pruning (union)"),
+        Patch(facecolor=colours[2], edgecolor=GREY_LIGHT, label="used by the domain"),
+        Patch(facecolor=colours[1], edgecolor=GREY_LIGHT, label="kept, not used by the domain"),
+        Patch(facecolor=colours[3], edgecolor=GREY_LIGHT, label="kept after pruning (union)"),
     ]
     if usage.backbone_positions:
-        handles.append(Patch(facecolor=colours[0], edgecolor="0.5", label="pruned"))
+        handles.append(Patch(facecolor=colours[0], edgecolor=GREY_LIGHT, label="pruned"))
     title = f"Channel usage per block — {_run_title(run)}"
     if not usage.backbone_positions:
         title += "\n(columns are compact channels: the manifest has no compact_channel_origin)"

@@ -7,8 +7,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reporting.inputs import Reference, Run
+from reporting.seeds import Setting, Spread, spread
 
-__all__ = ["TABLE_LEGEND", "reference_row", "render_markdown", "render_table", "run_row"]
+__all__ = [
+    "SETTINGS_LEGEND",
+    "TABLE_LEGEND",
+    "reference_row",
+    "render_markdown",
+    "render_references",
+    "render_seed_sections",
+    "render_settings",
+    "render_table",
+    "run_row",
+    "setting_row",
+]
 
 
 def _largest(values: dict[str, float | None]) -> float | None:
@@ -43,6 +55,15 @@ def run_row(run: Run) -> dict[str, Any]:
         "max_domain_predicted_time_fraction": _largest(run.predicted_time_fraction),
         "time_batch": run.time_batch,
         "wall_time_s": run.wall_time_s,
+        "protocol": run.protocol,
+        "seed": run.seed,
+        "s_score": run.s_score,
+        "s_per_params": run.s_per_params,
+        "s_per_macs": run.s_per_macs,
+        "counted_from": None
+        if run.counted is None
+        else {"weights": run.counted.weights_from, "backbone": run.counted.backbone_from},
+        "count_notes": run.count_notes,
         "budget_check": run.budget_status,
         "budget_notes": run.budget_notes,
         "channel_usage_plot": run.channel_plot,
@@ -52,8 +73,44 @@ def run_row(run: Run) -> dict[str, Any]:
 def reference_row(reference: Reference) -> dict[str, Any]:
     return {
         "label": reference.label,
+        "kind": reference.kind,
+        "protocol": reference.protocol,
+        "seed": reference.seed,
+        "test_accuracy": reference.test_accuracy,
         "mean_test_accuracy": reference.mean_test_accuracy,
+        "params_fraction": reference.params_fraction,
+        "max_macs_fraction": reference.max_macs_fraction,
+        "counted_from": reference.counted_from,
         "source": reference.source,
+    }
+
+
+def _spread_json(value: Spread | None) -> dict[str, Any] | None:
+    return None if value is None else {"mean": value.mean, "std": value.std, "n": value.n}
+
+
+def setting_row(setting: Setting, domains: list[str]) -> dict[str, Any]:
+    """One setting over its seeds: every figure as mean, std and count."""
+    return {
+        "protocol": setting.protocol,
+        "budget": setting.budget,
+        "domain_budgets": dict(setting.own_budgets),
+        "budget_metric": setting.budget_metric,
+        "sharing": setting.sharing,
+        "seeds": setting.seeds,
+        "test_accuracy": {d: _spread_json(setting.domain_accuracy(d)) for d in domains},
+        **{
+            name: _spread_json(setting.figure(name))
+            for name in (
+                "mean_test_accuracy",
+                "compact_params_fraction",
+                "max_domain_params_fraction",
+                "max_domain_macs_fraction",
+                "s_score",
+                "s_per_params",
+                "s_per_macs",
+            )
+        },
     }
 
 
@@ -62,13 +119,23 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 TABLE_LEGEND = (
-    "Accuracy is test top-1. `compact/backbone params` counts everything needed to serve all "
-    "domains (compact shared convolutions + every domain's BN and head) over the "
-    "single-domain backbone. `domain MACs` and `domain params` are each domain's "
-    "subnetwork over the backbone (max over domains); `domain time` its served forward time "
-    "over the unpruned backbone's, measured at export at the largest batch timed (predicted "
-    "by the latency table in brackets, if training had one). A budget `0.5 (x 0.3)` gives "
-    "domain `x` its own. `–`: not recorded."
+    "Accuracy is test top-1. Every ratio is counted from the weights when the report is made "
+    "(tensor shapes of the artifact and of its backbone). `compact/backbone params` counts "
+    "everything needed to serve all domains (compact shared convolutions + every domain's BN "
+    "and head) over the single-domain backbone. `domain MACs` and `domain params` are each "
+    "domain's subnetwork without its head (what the budget caps; the head is outside it) over "
+    "the backbone (max over domains); `domain time` its served forward time over the unpruned "
+    "backbone's, measured at export at the largest batch timed (predicted by the latency table "
+    "in brackets, if training had one). `S`: the Visual Decathlon S-score against each domain "
+    "fine-tuned alone in the same run and seed (docs/method.md). A budget `b (x c)` gives "
+    "domain `x` its own budget `c`. `–`: not recorded or not countable."
+)
+
+SETTINGS_LEGEND = (
+    "Each setting's runs over its training seeds (one backbone per protocol): mean ± sample "
+    "std. `S/params` and `S/MACs`: the S-score per backbone's worth of parameters (all domains "
+    "served) and of MACs (mean domain). The text below calls a difference real only when the "
+    "means are further apart than the sum of the two spreads."
 )
 
 
@@ -79,11 +146,11 @@ def render_table(
     accuracy column per domain, then cost, training time and the budget check."""
     names = list(dict.fromkeys(n for row in rows for n in row["test_accuracy"]))
     lines = [
-        "| budget | metric | sharing | run | "
+        "| protocol | seed | budget | metric | sharing | run | "
         + "".join(f"{n} | " for n in names)
         + "mean acc | compact/backbone params | max domain params | max domain MACs "
-        "| max domain time | train s | budget check |",
-        "|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|---|---|",
+        "| max domain time | S | train s | budget check |",
+        "|---|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         accuracy = "".join(f"{_fmt(row['test_accuracy'].get(n))} | " for n in names)
@@ -97,21 +164,109 @@ def render_table(
             time += f" ({_fmt(row['max_domain_predicted_time_fraction'])})"
         if row.get("time_batch") is not None and time != "–":
             time += f" @{row['time_batch']}"
+        seed = "–" if row.get("seed") is None else str(row["seed"])
         lines.append(
-            f"| {budget} | {row['budget_metric'] or '–'} | {row['sharing']} | "
-            f"{row['model_name']}/{row['version']} | {accuracy}"
+            f"| {row.get('protocol') or '–'} | {seed} | {budget} | {row['budget_metric'] or '–'} "
+            f"| {row['sharing']} | {row['model_name']}/{row['version']} | {accuracy}"
             f"{_fmt(row['mean_test_accuracy'], 4)} | {_fmt(row['compact_params_fraction'])} | "
             f"{_fmt(row['max_domain_params_fraction'])} | "
-            f"{_fmt(row['max_domain_macs_fraction'])} | {time} | {wall} | "
-            f"{'**OVER**' if row['budget_check'] == 'over' else row['budget_check']} |"
+            f"{_fmt(row['max_domain_macs_fraction'])} | {time} | {_fmt(row.get('s_score'), 0)} "
+            f"| {wall} | {'**OVER**' if row['budget_check'] == 'over' else row['budget_check']} |"
         )
     for reference in references:
+        seed = "–" if reference.get("seed") is None else str(reference["seed"])
+        accuracy = "".join(
+            f"{_fmt((reference.get('test_accuracy') or {}).get(n))} | " for n in names
+        )
         lines.append(
-            f"| – | – | – | {reference['label']} | "
-            + "– | " * len(names)
-            + f"{reference['mean_test_accuracy']:.4f} | – | – | – | – | – | – |"
+            f"| {reference.get('protocol') or '–'} | {seed} | – | – | – | {reference['label']} | "
+            + accuracy
+            + f"{_fmt(reference['mean_test_accuracy'], 4)} | "
+            f"{_fmt(reference.get('params_fraction'))} | – | "
+            f"{_fmt(reference.get('max_macs_fraction'))} | – | – | – | – |"
         )
     return lines
+
+
+def _cell(value: Mapping[str, Any] | None, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    text = f"{value['mean']:.{digits}f}"
+    return text if value["std"] is None else f"{text} ± {value['std']:.{digits}f}"
+
+
+def render_settings(settings: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The table of settings (``setting_row``): mean ± std over seeds."""
+    names = list(dict.fromkeys(n for row in settings for n in row["test_accuracy"]))
+    lines = [
+        "| protocol | budget | metric | sharing | seeds | "
+        + "".join(f"{n} | " for n in names)
+        + "mean acc | compact/backbone params | max domain params | max domain MACs | S "
+        "| S/params | S/MACs |",
+        "|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|---|---|---|",
+    ]
+    for row in settings:
+        budget = "–" if row["budget"] is None else f"{row['budget']:g}"
+        budget += "".join(f", {n} {b:g}" for n, b in row["domain_budgets"].items())
+        seeds = ",".join("?" if s is None else str(s) for s in row["seeds"])
+        lines.append(
+            f"| {row['protocol'] or '–'} | {budget} | {row['budget_metric'] or '–'} | "
+            f"{row['sharing']} | {seeds} | "
+            + "".join(f"{_cell(row['test_accuracy'].get(n))} | " for n in names)
+            + f"{_cell(row['mean_test_accuracy'], 4)} | {_cell(row['compact_params_fraction'])} "
+            f"| {_cell(row['max_domain_params_fraction'])} | "
+            f"{_cell(row['max_domain_macs_fraction'])} | {_cell(row['s_score'], 0)} | "
+            f"{_cell(row['s_per_params'], 0)} | {_cell(row['s_per_macs'], 0)} |"
+        )
+    return lines
+
+
+def render_references(references: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The reference rows over seeds: each protocol's backbone, each domain fine-tuned alone."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for reference in references:
+        key = (str(reference.get("protocol") or "–"), str(reference["label"]))
+        groups.setdefault(key, []).append(reference)
+    lines = [
+        "| protocol | reference | seeds | mean acc | params to serve its domains / backbone "
+        "| max domain MACs / backbone |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (protocol, label), group in groups.items():
+        seeds = ",".join(str(r["seed"]) for r in group if r.get("seed") is not None) or "–"
+        cells = [
+            _cell(_spread_json(spread(r.get(field) for r in group)))
+            for field in ("mean_test_accuracy", "params_fraction", "max_macs_fraction")
+        ]
+        lines.append(f"| {protocol} | {label} | {seeds} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_seed_sections(
+    settings: Sequence[Mapping[str, Any]],
+    references: Sequence[Mapping[str, Any]],
+    finding_lines: Sequence[str],
+    headline_lines: Sequence[str],
+) -> list[str]:
+    """The settings over seeds, the reference rows, the rule's findings and the headline."""
+    return [
+        "## Settings over seeds",
+        "",
+        SETTINGS_LEGEND,
+        "",
+        *render_settings(settings),
+        "",
+        *render_references(references),
+        "",
+        "## What differs (by the rule)",
+        "",
+        *([f"- {line}" for line in finding_lines] or ["- nothing to compare"]),
+        "",
+        "## Headline claim",
+        "",
+        *([f"- {line}" for line in headline_lines] or ["- no run at the claim's budget"]),
+        "",
+    ]
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -121,6 +276,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"Created {report['created_at']} from: " + ", ".join(f"`{p}`" for p in report["inputs"]),
         "",
+    ]
+    if report.get("settings"):
+        lines += [
+            *render_seed_sections(
+                report["settings"], report["references"], report["findings"], report["headline"]
+            ),
+            "## Every run",
+            "",
+        ]
+    lines += [
         TABLE_LEGEND,
         "",
         *render_table(rows, report["references"]),
@@ -167,6 +332,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for key, caption in (
         ("accuracy_vs_budget", "Mean test accuracy vs budget"),
         ("cost_vs_budget", "Params and MACs vs budget"),
+        ("score_vs_params", "Accuracy and S-score vs params"),
     ):
         if plots.get(key):
             lines += [f"### {caption}", "", f"![{caption}]({plots[key]})", ""]

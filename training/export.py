@@ -191,8 +191,8 @@ def export_artifact(
         over = {name: value for name, value in capped.items() if value > budget + 1e-9}
         if over or any(m % resolved.group for m in mids):
             raise RunError(f"domain {data.name!r} does not hold its budget {budget}: {over}")
-        own = subnet_totals(arch, mids, data.num_classes)
-        part = subnet_totals(arch, mids)
+        part = subnet_totals(arch, mids)  # what the budget caps; the head is outside it
+        head = subnet_totals(arch, mids, data.num_classes)
         entries.append(
             {
                 "name": data.name,
@@ -207,8 +207,10 @@ def export_artifact(
                 "learned_costs": trained.learned_costs[k],
                 # nested runs project per level inside training: no single projection to record
                 "projection": trained.projection[k] if trained.projection else None,
-                "params": own.params,
-                "macs": own.macs,
+                "params": part.params,
+                "macs": part.macs,
+                "head_params": head.params - part.params,
+                "head_macs": head.macs - part.macs,
                 "params_fraction": part.params / backbone.params,
                 "macs_fraction": part.macs / backbone.macs,
                 "latency": latency[k],
@@ -336,16 +338,18 @@ def _nested_levels(
                 raise RunError(
                     f"domain {data.name!r} does not hold its level budget {level.budget}: {over}"
                 )
-            part = subnet_totals(arch, mids)
-            whole = subnet_totals(arch, mids, data.num_classes)
+            part = subnet_totals(arch, mids)  # what the budget caps; the head is outside it
+            head = subnet_totals(arch, mids, data.num_classes)
             entries[k].append(
                 {
                     "budget": level.budget,
                     "channels": own.channels[k],
                     "mid_channels": mids,
                     "budget_costs": capped,
-                    "params": whole.params,
-                    "macs": whole.macs,
+                    "params": part.params,
+                    "macs": part.macs,
+                    "head_params": head.params - part.params,
+                    "head_macs": head.macs - part.macs,
                     "params_fraction": part.params / backbone.params,
                     "macs_fraction": part.macs / backbone.macs,
                     "latency": latency[k],

@@ -38,7 +38,9 @@ def report(
 ) -> None:
     """Report runs: tables and plots.
 
-    Writes report.md, report.json and plots (accuracy, cost, channel usage).
+    Writes report.md, report.json and plots (accuracy, cost, accuracy and S-score against
+    params, channel usage). Every ratio is counted from the weights' tensor shapes; runs of a
+    grid over seeds are also shown as mean ± std per setting.
 
     Prints a warning for each artifact folder not found and each field not recorded. Exits 1
     (after writing the report) if a domain exceeds its budget."""
@@ -53,7 +55,7 @@ def report(
             warn=lambda line: typer.echo(f"warning: {line}", err=True),
         )
     plots = result["plots"]
-    count = sum(1 for k in ("accuracy_vs_budget", "cost_vs_budget") if plots[k])
+    count = sum(1 for k in ("accuracy_vs_budget", "cost_vs_budget", "score_vs_params") if plots[k])
     warned = f", {len(result['warnings'])} warnings (above)" if result["warnings"] else ""
     typer.echo(
         f"wrote {out / 'report.md'} and {out / 'report.json'}: {len(result['rows'])} runs, "

@@ -1,17 +1,25 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from multidomain.arch import ArchitectureError, ArchSpec
+from multidomain.artifact import WEIGHTS_FILE, load_artifact
 from multidomain.costs import (
+    WeightCountError,
     backbone_totals,
     compact_totals,
+    count_artifact,
+    count_backbone,
     layer_costs,
     linear_cost,
     subnet_totals,
     totals,
 )
+from multidomain.files import safetensors_shapes
 from multidomain.network import ResNet26
+from tests.artifacts import write_tiny_artifact
 
 
 def measured_flops(model: torch.nn.Module, image_size: int) -> int:
@@ -79,3 +87,55 @@ def test_compact_totals_counts_every_domain_once() -> None:
 def test_bad_width_multiplier(width: float) -> None:
     with pytest.raises(ArchitectureError, match="width multiplier must be > 0"):
         ArchSpec(width_mult=width)
+
+
+def test_an_artifact_is_counted_from_its_tensor_shapes(tmp_path: Path) -> None:
+    path = write_tiny_artifact(tmp_path / "store", group=4)
+    artifact = load_artifact(path)
+    shapes = safetensors_shapes(path / WEIGHTS_FILE)
+    counted = count_artifact(artifact.arch, shapes, [d.name for d in artifact.domains])
+    mids = [d.mid_channels for d in artifact.domains]
+    classes = [d.num_classes for d in artifact.domains]
+    union = [artifact.shared[f"{b.name}.conv1.weight"].shape[0] for b in artifact.arch.blocks()]
+    assert counted.compact_params == compact_totals(artifact.arch, union, mids, classes).params
+    assert counted.compact_params == sum(t.numel() for n, t in artifact.shared.items()) + sum(
+        t.numel()
+        for d in artifact.domain_tensors
+        for n, t in d.items()
+        if n.endswith(("weight", "bias"))
+    )
+    for entry, domain in zip(artifact.domains, counted.domains, strict=True):
+        assert domain.mid_channels == entry.mid_channels
+        assert domain.num_classes == entry.num_classes
+        served = subnet_totals(artifact.arch, entry.mid_channels, entry.num_classes)
+        # the compact subnetwork's own parameter count, from torch, is the same
+        subnet = artifact.subnet(entry.name)
+        weights = sum(p.numel() for p in subnet.parameters())
+        assert domain.params + domain.head_params == served.params == weights
+        assert domain.macs + domain.head_macs == served.macs
+        assert (domain.params, domain.macs) == (
+            subnet_totals(artifact.arch, entry.mid_channels).params,
+            subnet_totals(artifact.arch, entry.mid_channels).macs,
+        )
+
+
+def test_a_backbone_is_counted_from_its_tensor_shapes() -> None:
+    arch = ArchSpec(width_mult=0.125, image_size=16)
+    model = ResNet26(arch, [3, 10])
+    shapes = {n: list(t.shape) for n, t in model.state_dict().items()}
+    counted = count_backbone(arch, shapes)
+    assert counted.totals == backbone_totals(arch)
+    assert counted.num_domains == 2
+    assert counted.all_domains_params == sum(p.numel() for p in model.parameters())
+    assert counted.all_domains_params > counted.totals.params
+
+
+def test_shapes_of_another_architecture_are_refused() -> None:
+    arch = ArchSpec(width_mult=0.125, image_size=16)
+    shapes = {n: list(t.shape) for n, t in ResNet26(arch, [3]).state_dict().items()}
+    wider = ArchSpec(width_mult=0.25, image_size=16)
+    with pytest.raises(WeightCountError, match="count"):
+        count_backbone(wider, shapes)
+    shapes["extra.conv.weight"] = [1, 1, 1, 1]
+    with pytest.raises(WeightCountError, match=r"extra\.conv\.weight"):
+        count_backbone(arch, shapes)

@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
 from mdprune.cli import app
 from multidomain.arch import ArchSpec
+from multidomain.costs import backbone_totals, compact_totals, subnet_totals
+from multidomain.files import safetensors_shapes
 from reporting.build import build_report
 from reporting.channels import channel_usage
 
@@ -30,26 +34,39 @@ def fake_manifest(
     ``(c + d) % 3 != 0`` of the first ``ceil(budget * width)`` channels of each block."""
     full = ARCH.full_mid_channels()
     used = [
-        [[c for c in range(max(1, round(budget * w))) if (c + d) % 3 != 0] for w in full]
+        [
+            list(range(w))
+            if over_budget and d == 1
+            else [c for c in range(max(1, round(budget * w))) if (c + d) % 3 != 0]
+            for w in full
+        ]
         for d in range(len(DOMAINS))
     ]
     origin = [sorted({c for d in used for c in d[b]}) for b in range(len(full))]
+    backbone = backbone_totals(ARCH)
     domains = []
     for d, name in enumerate(DOMAINS):
         mids = [len(ch) for ch in used[d]]
-        fraction = sum(mids) / sum(full)
+        part = subnet_totals(ARCH, mids)
+        lie = over_budget and d == 1  # the manifest claims less than its weights hold
         domains.append(
             {
                 "name": name,
                 "labels": ["a", "b"],
                 "channels": [[origin[b].index(c) for c in used[d][b]] for b in range(len(full))],
                 "mid_channels": mids,
-                "params_fraction": budget + 0.05 if over_budget and d == 1 else fraction,
-                "macs_fraction": fraction,
+                "params_fraction": budget - 0.1 if lie else part.params / backbone.params,
+                "macs_fraction": budget - 0.1 if lie else part.macs / backbone.macs,
                 "test_accuracy": accuracies[d],
                 "val_accuracy": accuracies[d],
             }
         )
+    compact = compact_totals(
+        ARCH,
+        [len(o) for o in origin],
+        [d["mid_channels"] for d in domains],
+        [len(d["labels"]) for d in domains],
+    )
     return {
         "format": "multidomain-pruning-artifact",
         "format_version": 1,
@@ -61,19 +78,67 @@ def fake_manifest(
         "budget": budget,
         "budget_metric": "both",
         "sharing": {"variant": sharing, "weight": 5.0, "learnable_weight": False},
-        "backbone": {"params": 10_000, "macs": 100_000},
-        "compact": {"params": int(8_000 * budget), "params_fraction": 0.8 * budget},
+        "backbone": {"params": backbone.params, "macs": backbone.macs},
+        "compact": {"params": compact.params, "params_fraction": compact.params / backbone.params},
         "mean_test_accuracy": sum(accuracies) / len(accuracies),
         "training": {"config": {}, "wall_time_s": 12.5},
         "domains": domains,
     }
 
 
-def write_manifest(store: Path, manifest: dict[str, Any]) -> Path:
+def artifact_shapes(manifest: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of the weights file ``multidomain.artifact`` writes for ``manifest``."""
+    union = manifest["compact_mid_channels"]
+    shapes: dict[str, tuple[int, ...]] = {"stem.conv.weight": (ARCH.stem_channels, 3, 3, 3)}
+    for block, width in zip(ARCH.blocks(), union, strict=True):
+        shapes[f"{block.name}.conv1.weight"] = (width, block.in_channels, 3, 3)
+        shapes[f"{block.name}.conv2.weight"] = (block.out_channels, width, 3, 3)
+        if block.has_projection:
+            shapes[f"{block.name}.shortcut.conv.weight"] = (
+                block.out_channels,
+                block.in_channels,
+                1,
+                1,
+            )
+    for k, entry in enumerate(manifest["domains"]):
+        layers = {"stem.bn": ARCH.stem_channels}
+        for block, mid in zip(ARCH.blocks(), entry["mid_channels"], strict=True):
+            layers[f"{block.name}.bn1"] = mid
+            layers[f"{block.name}.bn2"] = block.out_channels
+            if block.has_projection:
+                layers[f"{block.name}.shortcut.bn"] = block.out_channels
+        for layer, width in layers.items():
+            for leaf in ("weight", "bias", "running_mean", "running_var"):
+                shapes[f"domains.{k}.{layer}.{leaf}"] = (width,)
+        classes = len(entry["labels"])
+        shapes[f"domains.{k}.head.weight"] = (classes, ARCH.feature_channels)
+        shapes[f"domains.{k}.head.bias"] = (classes,)
+    return shapes
+
+
+def write_manifest(store: Path, manifest: dict[str, Any], weights: bool = True) -> Path:
+    """The manifest and (unless ``weights`` is false) a weights file of the right shapes."""
     folder = store / manifest["model_name"] / manifest["version"]
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    if weights:
+        tensors = {n: np.zeros(s, dtype=np.float32) for n, s in artifact_shapes(manifest).items()}
+        save_file(tensors, str(folder / "weights.safetensors"))
     return folder
+
+
+def expected_fractions(manifest: dict[str, Any]) -> tuple[float, list[float], list[float]]:
+    """Compact params fraction and each domain's params and MACs fractions, by the formulas."""
+    backbone = backbone_totals(ARCH)
+    mids = [d["mid_channels"] for d in manifest["domains"]]
+    classes = [len(d["labels"]) for d in manifest["domains"]]
+    compact = compact_totals(ARCH, manifest["compact_mid_channels"], mids, classes)
+    parts = [subnet_totals(ARCH, m) for m in mids]
+    return (
+        compact.params / backbone.params,
+        [p.params / backbone.params for p in parts],
+        [p.macs / backbone.macs for p in parts],
+    )
 
 
 def assert_png(path: Path) -> None:
@@ -104,7 +169,12 @@ def test_report_from_a_model_store(store: Path, tmp_path: Path) -> None:
     assert union["version"] == "b05-union"
     assert union["test_accuracy"] == {"alpha": 0.85, "beta": 0.75, "gamma": 0.65}
     assert union["mean_test_accuracy"] == pytest.approx(0.75)
-    assert union["compact_params_fraction"] == pytest.approx(0.4)
+    manifest = json.loads((store / "fake" / "b05-union" / "manifest.json").read_text())
+    compact, params, macs = expected_fractions(manifest)
+    assert union["compact_params_fraction"] == pytest.approx(compact, rel=1e-12)
+    assert list(union["domain_params_fraction"].values()) == pytest.approx(params, rel=1e-12)
+    assert list(union["domain_macs_fraction"].values()) == pytest.approx(macs, rel=1e-12)
+    assert union["counted_from"]["weights"].endswith("b05-union/weights.safetensors")
     assert union["wall_time_s"] == 12.5
     assert set(union["domain_macs_fraction"]) == set(DOMAINS)
     assert all(r["budget_check"] == "ok" for r in rows)
@@ -143,11 +213,23 @@ def test_over_budget_domain_is_flagged(store: Path, tmp_path: Path) -> None:
     write_manifest(store, fake_manifest("bad", 0.5, "jaccard", (0.8, 0.8, 0.8), over_budget=True))
     report = build_report([store], tmp_path / "out")
     bad = next(r for r in report["rows"] if r["version"] == "bad")
+    params = bad["domain_params_fraction"]["beta"]
+    macs = bad["domain_macs_fraction"]["beta"]
+    assert params > 0.9 and macs > 0.9  # beta uses every channel
     assert bad["budget_check"] == "over"
-    assert bad["budget_notes"] == ["beta params_fraction 0.5500 > budget 0.5"]
+    notes = [
+        f"beta params_fraction {params:.4f} > budget 0.5",
+        f"beta macs_fraction {macs:.4f} > budget 0.5",
+    ]
+    assert bad["budget_notes"] == notes
     assert report["budget_check"]["over"] == 1
     markdown = (tmp_path / "out" / "report.md").read_text()
-    assert "`fake/bad`: **OVER BUDGET**: beta params_fraction 0.5500 > budget 0.5" in markdown
+    assert f"`fake/bad`: **OVER BUDGET**: {'; '.join(notes)}" in markdown
+    # the manifest claimed 0.4: the check counted the weights, and the warning says so
+    (warning,) = [w for w in report["warnings"] if w.startswith("fake/bad")]
+    assert f"manifest records beta params_fraction 0.4000, the weights count {params:.4f}" in (
+        warning
+    )
 
     result = CliRunner().invoke(app, ["report", str(store), "--out", str(tmp_path / "cli")])
     assert result.exit_code == 1
@@ -238,7 +320,7 @@ def test_grid_json_with_and_without_artifacts(store: Path, tmp_path: Path) -> No
         ("b1", "ok"),
         ("b05-none", "ok"),
         ("b05-union", "ok"),
-        ("b0.25-union", "over"),  # gamma's params 0.3 > 0.25
+        ("b0.25-union", "unchecked"),  # no weights: its recorded ratios are not used
     ]
     assert report["rows"][-1]["channel_usage_plot"] is None
     assert [(r["label"], r["mean_test_accuracy"]) for r in report["references"]] == [
@@ -252,15 +334,25 @@ def test_tiny_artifact_without_optional_fields(tmp_path: Path) -> None:
     from tests.artifacts import write_tiny_artifact
 
     path = write_tiny_artifact(tmp_path / "store")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert "compact" not in manifest and "params_fraction" not in manifest["domains"][0]
     report = build_report([path], tmp_path / "out")
     (row,) = report["rows"]
     assert row["mean_test_accuracy"] == pytest.approx(0.5)
-    assert row["compact_params_fraction"] is None
-    assert row["budget_check"] == "unchecked"
+    # no fraction recorded: the weights are counted (random masks keeping about half of the
+    # channels, over the budget of 0.5 the manifest claims once the fixed part is added)
+    arch = ArchSpec.from_dict(manifest["architecture"])
+    mids = [[len(c) for c in d["channels"]] for d in manifest["domains"]]
+    classes = [len(d["labels"]) for d in manifest["domains"]]
+    compact = compact_totals(arch, manifest["compact_mid_channels"], mids, classes)
+    expected = compact.params / backbone_totals(arch).params
+    assert row["compact_params_fraction"] == pytest.approx(expected, rel=1e-12)
+    assert row["counted_from"]["backbone"] == "the architecture (backbone weights not found)"
+    assert row["budget_check"] == "over"
     assert row["channel_usage_plot"] == "channel_usage_tiny_v1.png"
     assert_png(tmp_path / "out" / "channel_usage_tiny_v1.png")
-    assert report["plots"]["cost_vs_budget"] is None
-    assert "not checked" in (tmp_path / "out" / "report.md").read_text()
+    assert report["plots"]["cost_vs_budget"] == "cost_vs_budget.png"
+    assert "**OVER BUDGET**" in (tmp_path / "out" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "not-json", "other-json"])
@@ -300,6 +392,9 @@ def grid_of(store: Path, versions: list[str], with_manifest: bool) -> dict[str, 
         }
         if with_manifest:
             row["manifest"] = manifest
+            row["weights_shapes"] = safetensors_shapes(
+                store / "fake" / version / "weights.safetensors"
+            )
         rows.append(row)
     return {"grid": rows}
 
@@ -318,7 +413,9 @@ def test_grid_with_recorded_manifests_reproduces_the_report_without_run_folders(
 
     assert warnings == [] and from_grid["warnings"] == []
     assert from_grid["plots"] == from_store["plots"]
-    keep = lambda row: {k: v for k, v in row.items() if k != "source"}  # noqa: E731
+    keep = lambda row: {  # noqa: E731
+        k: v for k, v in row.items() if k not in ("source", "counted_from")
+    }
     assert [keep(r) for r in from_grid["rows"]] == [keep(r) for r in from_store["rows"]]
     assert "Not found or not recorded" not in (tmp_path / "from-grid" / "report.md").read_text()
 
@@ -331,10 +428,11 @@ def test_grid_without_run_folders_names_what_it_could_not_use(store: Path, tmp_p
     assert result.exit_code == 0, result.output
     warning = (
         "fake/b05-union: artifact folder gone/fake/b05-union not found, nor a copy of its "
-        f"manifest in {grid_file}; not recorded: budget_metric, sharing weight, channel lists"
+        f"manifest in {grid_file}; not recorded: budget_metric, sharing weight, "
+        "weights (no ratio counted), channel lists"
     )
     assert f"warning: {warning}" in result.output
-    assert "1 runs, 2 plots, 1 warnings" in result.output
+    assert "1 runs, 1 plots, 1 warnings" in result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["warnings"] == [warning]
     markdown = (tmp_path / "out" / "report.md").read_text()
@@ -365,10 +463,7 @@ def test_a_fuller_report_is_kept_unless_forced_and_stale_pictures_go(
     assert result.exit_code == 0, result.output
     replaced = json.loads((out / "report.json").read_text())
     assert replaced["plots"]["channel_usage"] == []
-    assert sorted(p.name for p in out.glob("*.png")) == [
-        "accuracy_vs_budget.png",
-        "cost_vs_budget.png",
-    ]
+    assert sorted(p.name for p in out.glob("*.png")) == ["accuracy_vs_budget.png"]
 
 
 def test_a_report_of_other_runs_replaces_the_previous_one(store: Path, tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from multidomain.arch import ArchitectureError
-from multidomain.artifact import load_artifact
-from multidomain.costs import linear_cost, subnet_totals
+from multidomain.artifact import WEIGHTS_FILE, load_artifact
+from multidomain.costs import count_artifact, linear_cost, subnet_totals
+from multidomain.files import safetensors_shapes
 from multidomain.groups import cpu_capability
 from multidomain.latency import LatencyTable
 from multidomain.preprocess import normalize_batch
@@ -60,6 +61,16 @@ def test_budget_training_exports_compact_model_within_every_budget(
     trained = train_budget_aware(domains, backbone, config)
     path, manifest = export_artifact(trained, tmp_path, "tiny", "v1", FAST_TIMING)
     artifact = load_artifact(path)
+    shapes = safetensors_shapes(path / WEIGHTS_FILE)
+    counted_weights = count_artifact(ARCH, shapes, [d.name for d in artifact.domains])
+    assert counted_weights.compact_params == manifest["compact"]["params"]
+    for written, domain in zip(manifest["domains"], counted_weights.domains, strict=True):
+        assert (domain.params, domain.macs, domain.head_params, domain.head_macs) == (
+            written["params"],
+            written["macs"],
+            written["head_params"],
+            written["head_macs"],
+        )
     assert manifest["channel_group"] == GROUP
     assert manifest["cpu_capability"] == cpu_capability()
     assert all(u % GROUP == 0 for u in manifest["compact_mid_channels"])
@@ -87,7 +98,12 @@ def test_budget_training_exports_compact_model_within_every_budget(
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             subnet(torch.zeros(1, 3, 16, 16))
         counted = subnet_totals(ARCH, entry.mid_channels, entry.num_classes)
-        assert counter.get_total_flops() == 2 * counted.macs == 2 * entry.info["macs"]
+        assert counter.get_total_flops() == 2 * counted.macs
+        assert counted.macs == entry.info["macs"] + entry.info["head_macs"]
+        assert counted.params == entry.info["params"] + entry.info["head_params"]
+        backbone = manifest["backbone"]
+        assert entry.info["macs"] / backbone["macs"] == entry.info["macs_fraction"]
+        assert entry.info["params"] / backbone["params"] == entry.info["params_fraction"]
         assert entry.info["max_compact_logit_diff"] <= 1e-4
         timed = entry.info["latency"]
         assert set(timed["measured_fraction"]) == {"1", "8"}

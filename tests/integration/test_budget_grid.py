@@ -1,0 +1,95 @@
+"""``bench/budget_grid.py`` end to end at a tiny scale: two protocols (the held-out one adapts
+a backbone to a domain it never saw), two seeds, the report's mean ± std and S-score from
+counted weights, and a grid that continues where an interrupted one stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reporting.build import build_report
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def grid(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """The grid at the smallest scale; budget 1.0, so that no projection (and no fine-tuning
+    after it) adds steps."""
+    command = [
+        sys.executable, str(ROOT / "bench" / "budget_grid.py"),
+        "--seeds", "0", "1", "--protocol", "same-domain", "held-out",
+        "--budgets", "1.0", "--sharing", "union",
+        "--steps", "3", "--pretrain-steps", "3", "--reference-steps", "2",
+        "--width", "0.125", "--image-size", "16", "--channel-group", "4",
+        "--same-domain-domains", "embedded:digits", "embedded:faces",
+        "--source-domains", "embedded:digits", "--target-domains", "embedded:faces",
+        "--scratch", str(tmp_path / "scratch"), "--cache-dir", str(tmp_path / "cache"),
+        "--out", str(tmp_path / "results" / "grid"), *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "MDP_TORCH_THREADS": "1"}
+    return subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False, env=env
+    )
+
+
+def test_grid_over_seeds_and_protocols_resumes_and_counts(tmp_path: Path) -> None:
+    done = grid(tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "results" / "grid.json").read_text())
+    assert result["protocols"]["held-out"]["sources"] == ["digits"]
+    assert result["protocols"]["held-out"]["targets"] == ["faces"]
+    rows = result["grid"]
+    assert {(r["protocol"], r["seed"], r["budget"]) for r in rows} == {
+        (p, s, 1.0) for p in ("same-domain", "held-out") for s in (0, 1)
+    }
+    assert all("fraction" not in key for row in rows for key in row)  # ratios are counted
+    assert all(r["weights_shapes"] for r in rows)
+    alone = result["reference_finetuned_alone"]
+    assert {(r["protocol"], r["seed"], r["domain"]) for r in alone} == {
+        ("same-domain", 0, "digits"), ("same-domain", 0, "faces"),
+        ("same-domain", 1, "digits"), ("same-domain", 1, "faces"),
+        ("held-out", 0, "faces"), ("held-out", 1, "faces"),
+    }  # fmt: skip
+    markdown = (tmp_path / "results" / "grid.md").read_text()
+    assert "## Settings over seeds" in markdown and " ± " in markdown
+    assert "load average" in markdown and "## What differs (by the rule)" in markdown
+
+    # interrupted after one export, before its result was written: continues without training
+    scratch = tmp_path / "scratch"
+    (scratch / "held-out" / "results" / "s1-b1-union.json").unlink()
+    weights = scratch / "held-out" / "store" / "grid" / "s1-b1-union" / "weights.safetensors"
+    written = weights.stat().st_mtime_ns
+    again = grid(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done before, reused") == 3
+    assert weights.stat().st_mtime_ns == written
+    assert json.loads((tmp_path / "results" / "grid.json").read_text())["grid"] == rows
+
+    # other settings in the same scratch folder are refused, naming the file
+    other = grid(tmp_path, "--steps", "4")
+    assert other.returncode != 0
+    assert "was run with other settings" in other.stderr and "use another --scratch" in other.stderr
+
+    # the report counts the same figures from the recorded shapes once the run folders are gone
+    (tmp_path / "scratch").rename(tmp_path / "moved")
+    report = build_report([tmp_path / "results" / "grid.json"], tmp_path / "report")
+    assert all("recorded" in r["counted_from"]["weights"] for r in report["rows"])
+    assert all("recorded" in r["counted_from"]["backbone"] for r in report["rows"])
+    held = [r for r in report["rows"] if r["protocol"] == "held-out"]
+    assert len(held) == 2 and all(r["s_score"] is not None for r in held)
+    assert all(r["budget_check"] == "ok" for r in report["rows"])
+    settings = [s for s in report["settings"] if s["protocol"] == "held-out"]
+    assert [s["seeds"] for s in settings] == [[0, 1]]
+    assert all(s["compact_params_fraction"]["n"] == 2 for s in settings)
+    references = {(r["protocol"], r["kind"]): r for r in report["references"]}
+    backbone = references[("same-domain", "backbone")]
+    assert backbone["params_fraction"] > 1.0  # every BN set and head of its two domains
+    assert references[("held-out", "alone")]["params_fraction"] > 1.0
+    assert report["plots"]["score_vs_params"] == "score_vs_params.png"
