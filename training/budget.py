@@ -200,6 +200,50 @@ def budget_target(config: BudgetConfig, step: int, budget: float | None = None) 
     return 1.0 - (1.0 - budget) * progress
 
 
+@dataclass
+class TrainingSetup:
+    """What budget-aware training (one budget or nested levels) starts from: the model built
+    from the backbone, its resolved costs, the switches with their initial scores, the optimiser's
+    parameter groups and each channel group's parameter weight for the sharing loss."""
+
+    model: ResNet26
+    resolved: BudgetCosts
+    switches: ChannelSwitches
+    param_groups: list[dict[str, Any]]
+    share_weights: list[float]
+    data: dict[str, Any]  # this run's data record
+    seen: dict[str, Any]  # the backbone's data record
+
+
+def prepare_training(
+    domains: Sequence[DomainData], backbone_dir: Path, config: BudgetConfig, runtime: Runtime
+) -> TrainingSetup:
+    """Refuse a backbone pre-trained on other splits (``check_same_splits``), build the model
+    from it, place it, initialise the switches and freeze (or not) the shared weights; the
+    optimiser groups: scores, domain parameters, shared ones if unfrozen."""
+    seen: dict[str, Any] = backbone_record(backbone_dir).get("data") or {}
+    data = data_record(domains, config.split_seed)
+    check_same_splits(seen, data, Path(backbone_dir))
+    model = runtime.place(build_from_backbone(domains, backbone_dir))
+    arch = model.arch
+    resolved = budget_costs(arch, config)
+    share_weights = [resolved.group * w for w in linear_cost(arch, "params").per_channel]
+    switches = ChannelSwitches(
+        len(domains), arch.full_mid_channels(), config.score_init, resolved.group
+    )
+    switches.to(runtime.device)
+    initialise_scores(switches, model, resolved.costs, config.score_init)
+    for p in model.shared_parameters():
+        p.requires_grad_(config.unfreeze_shared)
+    groups: list[dict[str, Any]] = [
+        {"params": list(switches.parameters()), "lr": config.lr_scores},
+        {"params": model.domain_parameters(), "lr": config.lr_domain},
+    ]
+    if config.unfreeze_shared:
+        groups.append({"params": model.shared_parameters(), "lr": config.lr_shared})
+    return TrainingSetup(model, resolved, switches, groups, share_weights, data, seen)
+
+
 def train_budget_aware(
     domains: Sequence[DomainData],
     backbone_dir: Path,
@@ -216,26 +260,12 @@ def train_budget_aware(
     domains = list(domains)
     names = [d.name for d in domains]
     config.check_domains(names)
-    seen: dict[str, Any] = backbone_record(backbone_dir).get("data") or {}
-    data = data_record(domains, config.split_seed)
-    check_same_splits(seen, data, Path(backbone_dir))
-    model = runtime.place(build_from_backbone(domains, backbone_dir))
-    arch = model.arch
-    resolved = budget_costs(arch, config)
+    setup = prepare_training(domains, backbone_dir, config, runtime)
+    seen, data = setup.seen, setup.data
+    model, switches, groups = setup.model, setup.switches, setup.param_groups
+    resolved, share_weights = setup.resolved, setup.share_weights
     costs, group = resolved.costs, resolved.group
     budgets = [config.budget_for(name) for name in names]
-    share_weights = [group * w for w in linear_cost(arch, "params").per_channel]
-    switches = ChannelSwitches(len(domains), arch.full_mid_channels(), config.score_init, group)
-    switches.to(runtime.device)
-    initialise_scores(switches, model, costs, config.score_init)
-    for p in model.shared_parameters():
-        p.requires_grad_(config.unfreeze_shared)
-    groups: list[dict[str, Any]] = [
-        {"params": list(switches.parameters()), "lr": config.lr_scores},
-        {"params": model.domain_parameters(), "lr": config.lr_domain},
-    ]
-    if config.unfreeze_shared:
-        groups.append({"params": model.shared_parameters(), "lr": config.lr_shared})
     log_gamma = nn.Parameter(
         torch.tensor(math.log(max(config.sharing_weight, 1e-6)), device=runtime.device)
     )

@@ -65,6 +65,10 @@ class BudgetConfig:
                 )
             if self.domain_budgets:
                 raise ValueError("--budgets cannot be combined with a domain's own --budget")
+            if self.learnable_sharing_weight:
+                raise ValueError(
+                    "--budgets trains with a fixed sharing weight: drop --learnable-sharing-weight"
+                )
             object.__setattr__(self, "levels", levels)
             object.__setattr__(self, "budget", levels[0])
         _check_fraction(self.budget, "budget")

@@ -25,26 +25,23 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from multidomain.costs import DomainCost, linear_cost
+from multidomain.costs import DomainCost
 from multidomain.groups import expand_groups
 from multidomain.network import ChannelSwitches, ResNet26
 from training.budget import (
     NestedLevel,
     TrainedModel,
     budget_target,
-    build_from_backbone,
-    initialise_scores,
+    prepare_training,
 )
-from training.budget_config import BudgetConfig, budget_costs
+from training.budget_config import BudgetConfig
 from training.common import evaluate, recalibrate_batchnorm, seed_everything
-from training.data import DomainData, TrainBatches, check_same_splits, data_record
+from training.data import DomainData, TrainBatches
 from training.loop import ExtraLoss, train_steps
-from training.pretrain import backbone_record
 from training.prune import project_to_budget
 from training.runtime import Runtime
 from training.sharing import sharing_loss
@@ -164,26 +161,11 @@ def train_nested(
         raise ValueError("nested training needs --budgets")
     seed_everything(config.seed)
     domains = list(domains)
-    seen: dict[str, Any] = backbone_record(backbone_dir).get("data") or {}
-    data = data_record(domains, config.split_seed)
-    check_same_splits(seen, data, Path(backbone_dir))
-    model = runtime.place(build_from_backbone(domains, backbone_dir))
-    arch = model.arch
-    resolved = budget_costs(arch, config)
+    setup = prepare_training(domains, backbone_dir, config, runtime)
+    model, switches, groups = setup.model, setup.switches, setup.param_groups
+    resolved, share_weights = setup.resolved, setup.share_weights
     costs, group = resolved.costs, resolved.group
     budgets = list(config.levels)
-    share_weights = [group * w for w in linear_cost(arch, "params").per_channel]
-    switches = ChannelSwitches(len(domains), arch.full_mid_channels(), config.score_init, group)
-    switches.to(runtime.device)
-    initialise_scores(switches, model, costs, config.score_init)
-    for p in model.shared_parameters():
-        p.requires_grad_(config.unfreeze_shared)
-    groups: list[dict[str, Any]] = [
-        {"params": list(switches.parameters()), "lr": config.lr_scores},
-        {"params": model.domain_parameters(), "lr": config.lr_domain},
-    ]
-    if config.unfreeze_shared:
-        groups.append({"params": model.shared_parameters(), "lr": config.lr_shared})
     optimizer = torch.optim.Adam(groups)
     step_network = NestedStepNetwork(model, switches, costs)
     network = runtime.wrap(step_network)
@@ -270,8 +252,8 @@ def train_nested(
         ],
         history,
         runtime,
-        data=data,
-        backbone_data=dict(seen),
+        data=setup.data,
+        backbone_data=dict(setup.seen),
         sharing_weight=config.sharing_weight,
         levels=levels,
     )

@@ -125,3 +125,8 @@ def test_nested_budgets_reach_the_configuration() -> None:
     config = train.budget_config(["0.5"], "4", {"budgets": [0.5, 1.0, 0.75]})
     assert config.levels == (1.0, 0.75, 0.5)
     assert config.budget == 1.0
+
+
+def test_nested_budgets_refuse_a_learnable_sharing_weight() -> None:
+    with pytest.raises(ValueError, match="fixed sharing weight"):
+        train.budget_config(["0.5"], "4", {"budgets": [1.0, 0.5], "learnable_sharing_weight": True})
