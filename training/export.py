@@ -7,7 +7,7 @@ scores, no optimizer state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from multidomain.arch import ArchSpec
 from multidomain.artifact import check_name, subnet_state_dict, write_artifact
 from multidomain.costs import backbone_totals, compact_totals, subnet_totals
 from multidomain.fold import (
@@ -191,8 +192,6 @@ def export_artifact(
         over = {name: value for name, value in capped.items() if value > budget + 1e-9}
         if over or any(m % resolved.group for m in mids):
             raise RunError(f"domain {data.name!r} does not hold its budget {budget}: {over}")
-        part = subnet_totals(arch, mids)  # what the budget caps; the head is outside it
-        head = subnet_totals(arch, mids, data.num_classes)
         entries.append(
             {
                 "name": data.name,
@@ -207,12 +206,7 @@ def export_artifact(
                 "learned_costs": trained.learned_costs[k],
                 # nested runs project per level inside training: no single projection to record
                 "projection": trained.projection[k] if trained.projection else None,
-                "params": part.params,
-                "macs": part.macs,
-                "head_params": head.params - part.params,
-                "head_macs": head.macs - part.macs,
-                "params_fraction": part.params / backbone.params,
-                "macs_fraction": part.macs / backbone.macs,
+                **cost_fields(arch, mids, data.num_classes),
                 "latency": latency[k],
                 "projected_channels": trained.projected_channels[k],
                 "val_accuracy": val[data.name],
@@ -299,6 +293,23 @@ def export_artifact(
     return target, manifest
 
 
+def cost_fields(arch: ArchSpec, mids: Sequence[int], num_classes: int) -> dict[str, Any]:
+    """A subnetwork's manifest costs: ``params`` and ``macs`` are what the budget caps (the
+    head is outside it, given as ``head_params`` / ``head_macs``), the fractions are over the
+    single-domain backbone's."""
+    backbone = backbone_totals(arch)
+    part = subnet_totals(arch, mids)
+    whole = subnet_totals(arch, mids, num_classes)
+    return {
+        "params": part.params,
+        "macs": part.macs,
+        "head_params": whole.params - part.params,
+        "head_macs": whole.macs - part.macs,
+        "params_fraction": part.params / backbone.params,
+        "macs_fraction": part.macs / backbone.macs,
+    }
+
+
 def _nested_levels(
     trained: TrainedModel, parts: CompactParts, timing: TimingConfig
 ) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Tensor]]], list[dict[str, Any]]]:
@@ -308,7 +319,6 @@ def _nested_levels(
     (whose are the domain's own), and each level's mean accuracy."""
     model, arch, domains = trained.model, trained.model.arch, trained.domains
     runtime, resolved = trained.runtime, trained.costs
-    backbone = backbone_totals(arch)
     entries: list[list[dict[str, Any]]] = [[] for _ in domains]
     tensors: list[list[dict[str, Tensor]]] = []
     means = []
@@ -338,20 +348,13 @@ def _nested_levels(
                 raise RunError(
                     f"domain {data.name!r} does not hold its level budget {level.budget}: {over}"
                 )
-            part = subnet_totals(arch, mids)  # what the budget caps; the head is outside it
-            head = subnet_totals(arch, mids, data.num_classes)
             entries[k].append(
                 {
                     "budget": level.budget,
                     "channels": own.channels[k],
                     "mid_channels": mids,
                     "budget_costs": capped,
-                    "params": part.params,
-                    "macs": part.macs,
-                    "head_params": head.params - part.params,
-                    "head_macs": head.macs - part.macs,
-                    "params_fraction": part.params / backbone.params,
-                    "macs_fraction": part.macs / backbone.macs,
+                    **cost_fields(arch, mids, data.num_classes),
                     "latency": latency[k],
                     "val_accuracy": val[data.name],
                     "test_accuracy": test[data.name],
