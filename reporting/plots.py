@@ -194,7 +194,7 @@ def plot_nested(runs: Sequence[Run], path: Path) -> bool:
                 [b for b, _ in points],
                 [a for _, a in points],
                 marker="x",
-                color="0.3",
+                color=GREY_DARK,
                 linestyle="--",
                 label=f"trained alone per budget (sharing: {sharing})",
             )
