@@ -244,6 +244,17 @@ def prepare_training(
     return TrainingSetup(model, resolved, switches, groups, share_weights, data, seen)
 
 
+def training_batches(
+    domains: Sequence[DomainData], config: BudgetConfig, runtime: Runtime
+) -> TrainBatches:
+    """Every domain's training batches for budget-aware training, each domain's order seeded
+    from the training seed."""
+    seeds = {k: config.seed + 7 * k for k in range(len(domains))}
+    return TrainBatches(
+        dict(enumerate(domains)), config.batch_size, seeds, **runtime.loader_options()
+    )
+
+
 def train_budget_aware(
     domains: Sequence[DomainData],
     backbone_dir: Path,
@@ -272,7 +283,6 @@ def train_budget_aware(
     if config.learnable_sharing_weight:
         groups.append({"params": [log_gamma], "lr": config.lr_scores})
     optimizer = torch.optim.Adam(groups)
-    seeds = {k: config.seed + 7 * k for k in range(len(domains))}
     step_network = StepNetwork(model, switches.masks, switches)
     network = runtime.wrap(step_network)
     traces: list[StepTrace] = []
@@ -315,9 +325,7 @@ def train_budget_aware(
             log_gamma.clamp_(max=math.log(100.0))
 
     started = time.perf_counter()
-    with TrainBatches(
-        dict(enumerate(domains)), config.batch_size, seeds, **runtime.loader_options()
-    ) as batches:
+    with training_batches(domains, config, runtime) as batches:
         history = train_steps(
             network,
             batches,

@@ -37,10 +37,11 @@ from training.budget import (
     TrainedModel,
     budget_target,
     prepare_training,
+    training_batches,
 )
 from training.budget_config import BudgetConfig
 from training.common import evaluate, recalibrate_batchnorm, seed_everything
-from training.data import DomainData, TrainBatches
+from training.data import DomainData
 from training.loop import ExtraLoss, train_steps
 from training.prune import project_to_budget
 from training.runtime import Runtime
@@ -192,12 +193,9 @@ def train_nested(
         share = sharing_loss(config.sharing, largest, share_weights)
         return ExtraLoss(config.sharing_weight * share, {"share": float(share.detach())})
 
-    seeds = {k: config.seed + 7 * k for k in range(len(domains))}
     started = time.perf_counter()
     plan(0)
-    with TrainBatches(
-        dict(enumerate(domains)), config.batch_size, seeds, **runtime.loader_options()
-    ) as batches:
+    with training_batches(domains, config, runtime) as batches:
         history = train_steps(
             network,
             batches,
