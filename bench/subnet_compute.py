@@ -4,11 +4,11 @@ reduction and the latency table's prediction.
 For every domain of an artifact, at batch 1 and batch 32: the median forward time (inference
 mode, fixed torch threads, alternating runs) of the domain's served network and of the
 unpruned ResNet-26 with the same head, both in the served form (``multidomain.fold``: uint8
-input, BatchNorm and normalisation folded, channels-last, fused kernels), each domain's network
-folded once (the ``MDP_MATERIALIZED_DOMAINS=all`` form: compute alone, no per-batch fold). Per
-domain and batch: the MAC reduction, the measured speed-up, their ratio (1.0: every MAC saved
-is time saved), the measured time fraction and the predicted one (the manifest's, from the
-latency table used in training, or ``--latency-table``).
+input, BatchNorm and normalisation folded, channels-last, flat ``conv2d`` forward), each
+domain's network folded once (the ``MDP_MATERIALIZED_DOMAINS=all`` form: compute alone, no
+per-batch fold). Per domain and batch: the MAC reduction, the measured speed-up, their ratio
+(1.0: every MAC saved is time saved), the measured time fraction and the predicted one (the
+manifest's, from the latency table used in training, or ``--latency-table``).
 
 ``--paper-scale`` first trains a width-1.0, 64x64 ResNet-26 briefly on the embedded benchmark
 (short pre-training, budget-aware training at ``--budget``, export into ``--scratch``) and
@@ -31,7 +31,7 @@ from _results import RESULTS, command, write_results
 
 from multidomain.artifact import Artifact, load_artifact
 from multidomain.costs import subnet_totals
-from multidomain.fold import fold_network, fused_kernels
+from multidomain.fold import fold_network
 from multidomain.groups import cpu_capability
 from multidomain.latency import LatencyTable, time_alternately, time_networks, timer
 from multidomain.network import ResNet26
@@ -171,7 +171,7 @@ def main() -> None:
         "torch_threads": args.threads,
         "clock": args.clock,
         "cpu_capability": cpu_capability(),
-        "fused_kernels": fused_kernels(),
+        "torch_version": torch.__version__,
         "rows": rows,
     }
     write_results(out, result, render(result, args))
@@ -195,7 +195,7 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"{arch['image_size']}x{arch['image_size']} px, channel group {result['channel_group']}, "
         f"budget {result['budget']} ({result['budget_metric']}), mean test accuracy "
         f"{result['mean_test_accuracy']}. Torch threads {result['torch_threads']}; CPU "
-        f"capability {result['cpu_capability']}; fused kernels {result['fused_kernels']}; median "
+        f"capability {result['cpu_capability']}; torch {result['torch_version']}; median "
         f"of {args.repeats} (batch 32) / {args.repeats_batch_1} (batch 1) alternating runs "
         f"({CLOCK_WORDS[result['clock']]}); both "
         "networks in the served form, each domain's folded once.",

@@ -1,17 +1,17 @@
 """The served form of one domain's network: BatchNorm folded into the convolutions, the input
 normalisation folded into the stem, channels-last weights, and a flat forward pass with ReLU and
-the residual addition fused into the convolutions where the CPU backend can.
+the residual addition applied in place.
 
 * Folding: a BatchNorm with scale ``s = gamma / sqrt(var + eps)`` and shift ``b = beta - mean * s``
   becomes ``w' = w * s`` (per output channel) and the bias ``b``
   (:func:`batchnorm_scale_shift`). The normalisation ``(x / 255 - mean) / std`` becomes an input
   shift ``x - 255 * mean`` and a per-input-channel factor ``1 / (255 * std)`` of the stem weights:
   zero padding of the shifted input equals zero padding of the normalised one, so this is exact.
-* The forward pass (:class:`FoldedNetwork`) runs, per block, ``conv1 + ReLU`` and
-  ``conv2 + shortcut + ReLU`` as one oneDNN convolution each (``mkldnn._convolution_pointwise``,
-  the fused kernels inductor uses), with plain ``conv2d`` / ``relu_`` / ``add_`` where oneDNN is
-  not available. Against the module-per-layer eager network this removes about two thirds of the
-  operator calls: what a batch of one image spends besides the convolutions.
+* The forward pass (:class:`FoldedNetwork`) is flat: per block ``conv2d`` + ``relu_`` and
+  ``conv2d`` + ``add_`` + ``relu_`` on channels-last tensors, no module calls. oneDNN's fused
+  convolution kernels (``mkldnn._convolution_pointwise``, which inductor uses) were measured
+  against it on this project's networks and were never faster, and at batch 1 about 1.6x
+  slower (``docs/method.md``, "The served form").
 * A :class:`DomainFold` is everything a domain adds to the shared convolutions (its BN as
   scale/shift, its mid channels, its head, its input normalisation); :func:`fold_weights` makes
   a :class:`FoldedNetwork` from the shared weights and a fold. ``multidomain.compact`` keeps one
@@ -42,7 +42,6 @@ __all__ = [
     "conv_names",
     "fold_network",
     "fold_weights",
-    "fused_kernels",
     "mid_path",
 ]
 
@@ -50,33 +49,6 @@ __all__ = [
 BN_EPS = 1e-5
 
 _CHANNELS_LAST = torch.channels_last
-
-
-def _pointwise_available() -> bool:
-    """Whether oneDNN's fused convolution kernels exist and agree with ``conv2d`` here."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        op = torch.ops.mkldnn._convolution_pointwise
-        x = torch.randn(1, 4, 5, 5).contiguous(memory_format=_CHANNELS_LAST)
-        w = torch.randn(8, 4, 3, 3).contiguous(memory_format=_CHANNELS_LAST)
-        b = torch.randn(8)
-        other = torch.randn(1, 8, 5, 5).contiguous(memory_format=_CHANNELS_LAST)
-        with torch.inference_mode():
-            pads = [1, 1]
-            fused = op.binary(x, other, w, b, pads, pads, pads, 1, "add", None, "relu", [], "")
-            plain = torch.relu(F.conv2d(x, w, b, 1, 1) + other)
-        return bool(torch.allclose(fused, plain, atol=1e-5))
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_FUSED = _pointwise_available()
-
-
-def fused_kernels() -> bool:
-    """True when the served forward pass uses oneDNN's fused convolution kernels."""
-    return _FUSED
 
 
 @dataclass(frozen=True)
@@ -97,11 +69,6 @@ class FoldedBlock:
 
 
 def _conv(x: Tensor, conv: FoldedConv, relu: bool) -> Tensor:
-    if _FUSED:
-        pad, stride = [conv.padding] * 2, [conv.stride] * 2
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, conv.weight, conv.bias, pad, stride, [1, 1], 1, "relu" if relu else "none", [], ""
-        )
     out = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
     return out.relu_() if relu else out
 
@@ -110,11 +77,6 @@ def mid_path(x: Tensor, identity: Tensor, conv1: FoldedConv, conv2: FoldedConv) 
     """What a block's mid channels cost: ``relu(conv2(relu(conv1(x))) + identity)``; the part
     of the forward pass that pruning shrinks (``multidomain.latency`` times it)."""
     hidden = _conv(x, conv1, relu=True)
-    if _FUSED:
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            hidden, identity, conv2.weight, conv2.bias, [1, 1], [1, 1], [1, 1], 1,
-            "add", None, "relu", [], "",
-        )  # fmt: skip
     return F.conv2d(hidden, conv2.weight, conv2.bias, 1, 1).add_(identity).relu_()
 
 

@@ -4,9 +4,9 @@ channel groups of every block, and the latency cost the budget caps.
 A domain's served forward pass (``multidomain.fold``) is the stem, the shortcuts, the pooling
 and head (the *fixed* part, which pruning does not touch) plus every block's mid path
 (``conv1 + ReLU``, ``conv2 + shortcut + ReLU``), whose time depends on the block's kept groups
-``k``. :func:`profile_latency` measures, in the served form (BN folded, channels-last, fused
-kernels, the service's thread count), the mid path of every distinct block shape for every
-``k = 1..G`` and the whole unpruned network, alternately, and takes medians; the fixed part is
+``k``. :func:`profile_latency` measures, in the served form (BN folded, channels-last, flat
+``conv2d`` forward, the service's thread count), the mid path of every distinct block shape for
+every ``k = 1..G`` and the whole unpruned network, alternately, and takes medians; the fixed part is
 the whole network minus the blocks' full mid paths, so that
 
     predicted(domain) = fixed + sum_b T_b(k_b)      and      predicted(backbone) = measured.
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from multidomain.arch import ArchitectureError, ArchSpec
 from multidomain.files import read_json, write_json
-from multidomain.fold import FoldedConv, fold_network, fused_kernels, mid_path
+from multidomain.fold import FoldedConv, fold_network, mid_path
 from multidomain.groups import check_channel_group, cpu_capability
 from multidomain.network import ResNet26
 
@@ -377,7 +377,6 @@ def profile_latency(
     info = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
-        "fused_kernels": fused_kernels(),
         "repeats": repeats,
         "clock": clock,
         "statistic": "median of alternating repeats; blocks of one shape measured once",

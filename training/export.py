@@ -24,7 +24,6 @@ from multidomain.fold import (
     channels_last_weights,
     fold_network,
     fold_weights,
-    fused_kernels,
 )
 from multidomain.groups import cpu_capability
 from multidomain.latency import time_networks
@@ -255,7 +254,6 @@ def export_artifact(
             "backbone_ms": {str(b): round(v, 4) for b, v in backbone_ms.items()},
             "torch_threads": timing.torch_threads,
             "repeats": timing.repeats,
-            "fused_kernels": fused_kernels(),
             "table": None
             if table is None
             else {

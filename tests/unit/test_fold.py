@@ -1,10 +1,9 @@
-"""The served form: BatchNorm and the input normalisation folded, channels-last weights, fused
-kernels; it computes what the module network computes."""
+"""The served form: BatchNorm and the input normalisation folded, channels-last weights, a flat
+forward pass; it computes what the module network computes."""
 
 import pytest
 import torch
 
-from multidomain import fold
 from multidomain.arch import ArchSpec
 from multidomain.fold import _take, fold_network
 from multidomain.network import ResNet26
@@ -15,15 +14,7 @@ ARCH = ArchSpec(width_mult=0.125, image_size=16)
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
 
 
-@pytest.fixture(params=[True, False], ids=["fused", "plain"])
-def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    if request.param and not fold.fused_kernels():
-        pytest.skip("oneDNN's fused kernels are not available here")
-    monkeypatch.setattr(fold, "_FUSED", request.param)
-    return bool(request.param)
-
-
-def test_folded_network_computes_the_module_network(kernels: bool) -> None:
+def test_folded_network_computes_the_module_network() -> None:
     torch.manual_seed(0)
     model = ResNet26(ARCH, [4, 6], [3, 5, 2, 8] * 3).eval()
     randomise_batchnorm(model, seed=1)
