@@ -5,9 +5,11 @@
   (mean, bars min..max) vs budget, with the single-domain backbone (1.0) and the budget line;
 * ``score_vs_params.png``: mean accuracy and S-score against compact params (the Pareto view);
 * ``channel_usage_<model>_<version>.png``: per block, which backbone channels each domain uses
-  and which survive pruning.
+  and which survive pruning;
+* ``nested_accuracy_vs_budget.png``: nested levels next to the runs trained alone at one budget.
 
-Several runs of one setting (seeds) are drawn as their mean with std error bars.
+Several runs of one setting (seeds) are drawn as their mean with std error bars. The first three
+plots show runs of one budget only; nested runs are drawn by ``plot_nested``.
 
 Whatever a run lacks is skipped; a plot with nothing to draw is not written.
 """
@@ -15,7 +17,7 @@ Whatever a run lacks is skipped; a plot with nothing to draw is not written.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,8 +123,14 @@ def _budget_axis(axes: Any, runs: Sequence[Run]) -> None:
     axes.grid(True, alpha=0.3)
 
 
+def _one_budget(runs: Sequence[Run]) -> list[Run]:
+    """The runs trained at one budget: a nested run's levels are ``plot_nested``'s."""
+    return [r for r in runs if not r.nested]
+
+
 def plot_accuracy(runs: Sequence[Run], references: Sequence[Reference], path: Path) -> bool:
     """Mean test accuracy vs budget per sharing variant; ``False`` (no file) if no run has both."""
+    runs = _one_budget(runs)
     points = [r for r in runs if r.budget is not None and r.mean_test_accuracy is not None]
     if not points:
         return False
@@ -161,48 +169,46 @@ def plot_accuracy(runs: Sequence[Run], references: Sequence[Reference], path: Pa
     return True
 
 
-def plot_nested(runs: Sequence[Run], path: Path) -> bool:
-    """Mean test accuracy vs budget of every nested run's levels, next to the runs trained
-    alone at one budget (one line per sharing variant); ``False`` (no file) without a nested
-    run."""
-    nested = [r for r in runs if r.levels]
-    if not nested:
+def plot_nested(levels: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    """Mean test accuracy vs budget of the nested levels (``reporting.nested.nested_levels``)
+    next to the runs trained alone at one budget of the same protocol, sharing variant and
+    seeds, one pair of lines per protocol and sharing variant; bars: std over seeds. ``False``
+    (no file) without a nested level."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for level in levels:
+        where = f"{level['protocol']}: " if level.get("protocol") else ""
+        groups.setdefault(f"{where}{level['sharing']}", []).append(level)
+    if not groups:
         return False
     _agg()
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(9.5, 5.0), layout="constrained")
     axes = figure.add_subplot()
-    for k, run in enumerate(nested):
-        points = [(b, a) for b, a in run.levels if a is not None]
-        axes.plot(
-            [b for b, _ in points],
-            [a for _, a in points],
-            marker=MARKERS[k % len(MARKERS)],
-            color=f"C{k % 10}",
-            label=f"nested levels, one run: {run.label}",
-        )
-    alone = [r for r in runs if not r.levels and r.budget is not None]
-    for sharing, group in _by_sharing(alone).items():
-        points = [
-            (r.budget, r.mean_test_accuracy)
-            for r in group
-            if r.budget is not None and r.mean_test_accuracy is not None
-        ]
-        if points:
-            axes.plot(
+    for k, (variant, group) in enumerate(groups.items()):
+        ordered = sorted(group, key=lambda level: level["budget"])
+        for field, marker, line, what in (
+            ("nested_mean_test_accuracy", MARKERS[k % len(MARKERS)], "-", "nested levels"),
+            ("alone_mean_test_accuracy", "x", "--", "trained alone per budget"),
+        ):
+            points = [(level["budget"], level[field]) for level in ordered if level[field]]
+            if not points:
+                continue
+            axes.errorbar(
                 [b for b, _ in points],
-                [a for _, a in points],
-                marker="x",
-                color=GREY_DARK,
-                linestyle="--",
-                label=f"trained alone per budget (sharing: {sharing})",
+                [p["mean"] for _, p in points],
+                yerr=[p["std"] or 0.0 for _, p in points],
+                marker=marker,
+                linestyle=line,
+                color=f"C{k % 10}",
+                capsize=3,
+                label=f"{what} ({variant}, {max(p['n'] for _, p in points)} seeds)",
             )
-    budgets = sorted({b for r in nested for b, _ in r.levels})
+    budgets = sorted({level["budget"] for level in levels})
     axes.set_xlabel("budget β (each domain's cost cap, fraction of the backbone)")
     axes.set_xticks(budgets)
     axes.grid(True, alpha=0.3)
-    axes.set_ylabel("mean test accuracy (over domains)")
+    axes.set_ylabel("mean test accuracy (over domains; bars: std over seeds)")
     axes.set_title("Nested levels vs models trained alone")
     figure.legend(loc="outside right upper", fontsize="small")
     _save(figure, path)
@@ -217,6 +223,7 @@ def _reference_lines(axes: Any, runs: Sequence[Run]) -> None:
 
 def plot_costs(runs: Sequence[Run], path: Path) -> bool:
     """Compact params and domain MACs (over the backbone) vs budget; ``False`` if no data."""
+    runs = _one_budget(runs)
     params = [r for r in runs if r.budget is not None and r.compact_params_fraction is not None]
     macs = [
         r
@@ -298,6 +305,7 @@ def plot_costs(runs: Sequence[Run], path: Path) -> bool:
 def plot_scores(runs: Sequence[Run], path: Path) -> bool:
     """Accuracy and S-score against compact params (all domains served), mean ± std over seeds
     per setting, one line per sharing variant (the Pareto view); ``False`` if no run has both."""
+    runs = _one_budget(runs)
     points = [r for r in runs if r.compact_params_fraction is not None and r.budget is not None]
     if not points:
         return False
