@@ -202,7 +202,7 @@ def plot_nested(levels: Sequence[Mapping[str, Any]], path: Path) -> bool:
                 linestyle=line,
                 color=f"C{k % 10}",
                 capsize=3,
-                label=f"{what} ({variant}, {max(p['n'] for _, p in points)} seeds)",
+                label=f"{what} ({variant}, seeds: {max(p['n'] for _, p in points)})",
             )
     budgets = sorted({level["budget"] for level in levels})
     axes.set_xlabel("budget β (each domain's cost cap, fraction of the backbone)")
