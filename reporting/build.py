@@ -20,7 +20,10 @@ plotted is skipped. Plots:
   ``bench/budget_grid.py --nested``): the nested levels next to the runs trained alone at one
   budget of the same protocol, seeds and sharing (mean ± std over seeds), also as tables with
   the artifacts' sizes (``reporting.nested``). Nested runs are listed with every run but kept
-  out of the settings over seeds, the other plots and the headline.
+  out of the settings over seeds, the other plots and the headline;
+* ``training_history.png`` (when manifests record ``training.history``): cross-entropy, the
+  sharing term and the largest domain cost against its annealed target over the training steps,
+  per sharing variant at the default budget (mean and std over seeds).
 
 Every ratio is counted from the weights' tensor shapes at report time (``counts``), never read
 from the manifest (a manifest that disagrees with its weights is named in the warnings); the
@@ -54,11 +57,13 @@ from reporting.nested import nested_levels, nested_rows, nested_sizes
 from reporting.plots import (
     ACCURACY_PLOT,
     COST_PLOT,
+    HISTORY_PLOT,
     NESTED_PLOT,
     SCORE_PLOT,
     plot_accuracy,
     plot_channel_usage,
     plot_costs,
+    plot_history,
     plot_nested,
     plot_scores,
 )
@@ -191,6 +196,7 @@ def _plot_files(report: Mapping[str, Any]) -> set[str]:
             "cost_vs_budget",
             "score_vs_params",
             "nested_accuracy_vs_budget",
+            "training_history",
         )
     ]
     channel = plots.get("channel_usage")
@@ -255,6 +261,8 @@ def build_report(
     if plot_nested(levels, out_dir / NESTED_PLOT):
         plots["nested_accuracy_vs_budget"] = NESTED_PLOT
     plots["score_vs_params"] = SCORE_PLOT if plot_scores(runs, out_dir / SCORE_PLOT) else None
+    history = plot_history(runs, DEFAULT_BUDGET, out_dir / HISTORY_PLOT)
+    plots["training_history"] = HISTORY_PLOT if history else None
     for run, usage in channel_runs:
         assert run.channel_plot is not None
         plot_channel_usage(run, usage, out_dir / run.channel_plot)

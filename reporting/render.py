@@ -429,6 +429,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if plots.get("nested_accuracy_vs_budget"):
         caption = "Nested levels vs models trained alone"
         lines += [f"### {caption}", "", f"![{caption}]({plots['nested_accuracy_vs_budget']})", ""]
+    if plots.get("training_history"):
+        caption = "Training history"
+        lines += [f"### {caption}", "", f"![{caption}]({plots['training_history']})", ""]
     if plots["channel_usage"]:
         lines += ["### Channel usage (which channels each domain uses, which survive pruning)", ""]
         for row in rows:

@@ -619,3 +619,48 @@ def test_grid_nested_levels_compare_same_protocol_seed_and_sharing(tmp_path: Pat
     assert "## Nested levels vs trained alone" in markdown
     assert "| held-out | union | both | 0.5 | 0,1 |" in markdown and "**no**" in markdown
     assert "| nested 1, 0.5 |" in markdown
+
+
+def with_history(manifest: dict[str, Any], final_cost: float) -> dict[str, Any]:
+    """``manifest`` with a three-row ``training.history`` whose costs fall to ``final_cost``."""
+    costs = [1.0, (1.0 + final_cost) / 2, final_cost]
+    manifest["training"]["history"] = {
+        "every": 5,
+        "step": [5, 10, 15],
+        "ce": [1.2, 0.8, 0.5],
+        "accuracy": [0.5, 0.7, 0.8],
+        "sharing_loss": [1.0, 0.7, 0.5],
+        "sharing_weight": [5.0, 5.0, 5.0],
+        "budget_penalty": [0.3, 0.1, 0.0],
+        "target": {name: [0.9, 0.7, 0.5] for name in DOMAINS},
+        "cost": {
+            "macs": {name: [c - 0.01 * k for c in costs] for k, name in enumerate(DOMAINS)},
+            "params": {name: [c - 0.02 for c in costs] for name in DOMAINS},
+        },
+    }
+    return manifest
+
+
+def test_the_training_history_is_plotted(tmp_path: Path) -> None:
+    from reporting.inputs import run_from_manifest
+    from reporting.plots import _history_curves
+
+    store = tmp_path / "store"
+    for version, sharing, final in (("u", "union", 0.45), ("n", "none", 0.5)):
+        write_manifest(
+            store, with_history(fake_manifest(version, 0.5, sharing, (0.8, 0.7, 0.6)), final)
+        )
+    write_manifest(store, fake_manifest("b1", 1.0, "none", (0.9, 0.8, 0.7)))  # no history
+    out = tmp_path / "out"
+    report = build_report([store], out)
+    assert report["plots"]["training_history"] == "training_history.png"
+    assert_png(out / "training_history.png")
+    assert "](training_history.png)" in (out / "report.md").read_text()
+    manifest = json.loads((store / "fake" / "u" / "manifest.json").read_text())
+    curves = _history_curves(run_from_manifest(manifest, "u"))
+    assert curves["cost:macs"] == pytest.approx([1.0, 0.725, 0.45])  # largest over domains
+    assert curves["target"] == [0.9, 0.7, 0.5] and curves["ce"] == [1.2, 0.8, 0.5]
+    # runs without a recorded history: no such plot
+    plain = build_report([store / "fake" / "b1"], tmp_path / "plain")
+    assert plain["plots"]["training_history"] is None
+    assert "training_history.png" not in (tmp_path / "plain" / "report.md").read_text()
