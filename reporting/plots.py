@@ -6,11 +6,13 @@
 * ``score_vs_params.png``: mean accuracy and S-score against compact params (the Pareto view);
 * ``channel_usage_<model>_<version>.png``: per block, which backbone channels each domain uses
   and which survive pruning;
+* ``nested_accuracy_vs_budget.png``: nested levels next to the runs trained alone at one budget;
 * ``training_history.png``: budget-aware training over its steps (``training.history`` of the
   manifests): cross-entropy, the sharing term, and the largest domain cost in every capped
   metric next to the annealed target, per sharing variant at one budget.
 
-Several runs of one setting (seeds) are drawn as their mean with std error bars.
+Several runs of one setting (seeds) are drawn as their mean with std error bars. Every plot but
+``plot_nested`` (and the channel usage) shows runs of one budget only.
 
 Whatever a run lacks is skipped; a plot with nothing to draw is not written.
 """
@@ -127,8 +129,14 @@ def _budget_axis(axes: Any, runs: Sequence[Run]) -> None:
     axes.grid(True, alpha=0.3)
 
 
+def _one_budget(runs: Sequence[Run]) -> list[Run]:
+    """The runs trained at one budget: a nested run's levels are ``plot_nested``'s."""
+    return [r for r in runs if not r.nested]
+
+
 def plot_accuracy(runs: Sequence[Run], references: Sequence[Reference], path: Path) -> bool:
     """Mean test accuracy vs budget per sharing variant; ``False`` (no file) if no run has both."""
+    runs = _one_budget(runs)
     points = [r for r in runs if r.budget is not None and r.mean_test_accuracy is not None]
     if not points:
         return False
@@ -167,48 +175,46 @@ def plot_accuracy(runs: Sequence[Run], references: Sequence[Reference], path: Pa
     return True
 
 
-def plot_nested(runs: Sequence[Run], path: Path) -> bool:
-    """Mean test accuracy vs budget of every nested run's levels, next to the runs trained
-    alone at one budget (one line per sharing variant); ``False`` (no file) without a nested
-    run."""
-    nested = [r for r in runs if r.levels]
-    if not nested:
+def plot_nested(levels: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    """Mean test accuracy vs budget of the nested levels (``reporting.nested.nested_levels``)
+    next to the runs trained alone at one budget of the same protocol, sharing variant and
+    seeds, one pair of lines per protocol and sharing variant; bars: std over seeds. ``False``
+    (no file) without a nested level."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for level in levels:
+        where = f"{level['protocol']}: " if level.get("protocol") else ""
+        groups.setdefault(f"{where}{level['sharing']}", []).append(level)
+    if not groups:
         return False
     _agg()
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(9.5, 5.0), layout="constrained")
     axes = figure.add_subplot()
-    for k, run in enumerate(nested):
-        points = [(b, a) for b, a in run.levels if a is not None]
-        axes.plot(
-            [b for b, _ in points],
-            [a for _, a in points],
-            marker=MARKERS[k % len(MARKERS)],
-            color=f"C{k % 10}",
-            label=f"nested levels, one run: {run.label}",
-        )
-    alone = [r for r in runs if not r.levels and r.budget is not None]
-    for sharing, group in _by_sharing(alone).items():
-        points = [
-            (r.budget, r.mean_test_accuracy)
-            for r in group
-            if r.budget is not None and r.mean_test_accuracy is not None
-        ]
-        if points:
-            axes.plot(
+    for k, (variant, group) in enumerate(groups.items()):
+        ordered = sorted(group, key=lambda level: level["budget"])
+        for field, marker, line, what in (
+            ("nested_mean_test_accuracy", MARKERS[k % len(MARKERS)], "-", "nested levels"),
+            ("alone_mean_test_accuracy", "x", "--", "trained alone per budget"),
+        ):
+            points = [(level["budget"], level[field]) for level in ordered if level[field]]
+            if not points:
+                continue
+            axes.errorbar(
                 [b for b, _ in points],
-                [a for _, a in points],
-                marker="x",
-                color=GREY_DARK,
-                linestyle="--",
-                label=f"trained alone per budget (sharing: {sharing})",
+                [p["mean"] for _, p in points],
+                yerr=[p["std"] or 0.0 for _, p in points],
+                marker=marker,
+                linestyle=line,
+                color=f"C{k % 10}",
+                capsize=3,
+                label=f"{what} ({variant}, seeds: {max(p['n'] for _, p in points)})",
             )
-    budgets = sorted({b for r in nested for b, _ in r.levels})
+    budgets = sorted({level["budget"] for level in levels})
     axes.set_xlabel("budget β (each domain's cost cap, fraction of the backbone)")
     axes.set_xticks(budgets)
     axes.grid(True, alpha=0.3)
-    axes.set_ylabel("mean test accuracy (over domains)")
+    axes.set_ylabel("mean test accuracy (over domains; bars: std over seeds)")
     axes.set_title("Nested levels vs models trained alone")
     figure.legend(loc="outside right upper", fontsize="small")
     _save(figure, path)
@@ -278,7 +284,7 @@ def plot_history(runs: Sequence[Run], budget: float, path: Path) -> bool:
     the one-budget runs at ``budget`` (or, if none records a history there, at every budget,
     labelled with it); several seeds of a line: their mean, a band of one std. ``False`` (no
     file) when no run records a history."""
-    recorded = [r for r in runs if not r.levels and r.budget is not None and _history(r)]
+    recorded = [r for r in _one_budget(runs) if r.budget is not None and _history(r)]
     chosen = [r for r in recorded if abs((r.budget or 0.0) - budget) < 1e-9] or recorded
     if not chosen:
         return False
@@ -331,6 +337,7 @@ def _reference_lines(axes: Any, runs: Sequence[Run]) -> None:
 
 def plot_costs(runs: Sequence[Run], path: Path) -> bool:
     """Compact params and domain MACs (over the backbone) vs budget; ``False`` if no data."""
+    runs = _one_budget(runs)
     params = [r for r in runs if r.budget is not None and r.compact_params_fraction is not None]
     macs = [
         r
@@ -412,6 +419,7 @@ def plot_costs(runs: Sequence[Run], path: Path) -> bool:
 def plot_scores(runs: Sequence[Run], path: Path) -> bool:
     """Accuracy and S-score against compact params (all domains served), mean ± std over seeds
     per setting, one line per sharing variant (the Pareto view); ``False`` if no run has both."""
+    runs = _one_budget(runs)
     points = [r for r in runs if r.compact_params_fraction is not None and r.budget is not None]
     if not points:
         return False
