@@ -1,4 +1,4 @@
-"""Nested budgets (issue 16): accuracy and size against models trained alone, graceful
+"""Nested budgets: accuracy and size against models trained alone, graceful
 degradation under open-loop overload, and what switching levels allocates.
 
 Three parts, each writing ``bench/results/nested_<part>.{json,md}`` with the command and the

@@ -1,5 +1,5 @@
 """Nested runs (one artifact, several budget levels) against runs trained alone at one budget:
-issue 16's target, each level's mean test accuracy within ``TOLERANCE_POINTS`` of a model
+the nested-budget target: each level's mean test accuracy within ``TOLERANCE_POINTS`` of a model
 trained alone at that budget (same seeds, same protocol), and one artifact smaller than the
 separate artifacts summed.
 
@@ -23,7 +23,7 @@ from reporting.seeds import spread
 
 __all__ = ["TOLERANCE_POINTS", "nested_levels", "nested_rows", "nested_sizes"]
 
-#: Issue 16: a level's mean test accuracy within this many points of the model trained alone
+#: The nested-budget target: each level's mean test accuracy within this many points of alone
 TOLERANCE_POINTS = 1.5
 
 _Match = tuple[str | None, int | None, str, str | None]

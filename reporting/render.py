@@ -263,7 +263,7 @@ NESTED_LEGEND = (
     "of the same protocol, seed, sharing variant and budget metric: mean test accuracy mean ± "
     "std over seeds (alone: over the seeds that have both), the difference in points as mean ± "
     f"std of the per-seed differences, and whether its mean is within {TOLERANCE_POINTS:g} "
-    "points (issue 16's target). Sizes: every tensor of the weights files, counted from their "
+    "points (the target). Sizes: every tensor of the weights files, counted from their "
     "shapes at 4 bytes a value; the nested artifact against the artifacts trained alone at its "
     "levels' budgets (same protocol, seed, sharing) summed. Nested runs are not part of the "
     "settings above."
