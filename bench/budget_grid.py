@@ -15,7 +15,12 @@ batches, augmentation) and of each domain's fine-tuned-alone baseline. The data 
 
 For each protocol, seed, budget and sharing variant: budget-aware training from the protocol's
 backbone, projection, pruning and export into ``--scratch``; per protocol and seed, each target
-domain fine-tuned alone from the backbone (the S-score's baseline). Every finished run writes its
+domain fine-tuned alone from the backbone (the S-score's baseline). With ``--nested``, per
+protocol, seed and sharing variant also one nested run (``training.nested``) whose levels are
+the ``--budgets``: its row records each level's budget and mean and per-domain test accuracy,
+and the markdown compares each level with the runs trained at that budget alone (mean ± std
+over seeds, the difference and whether it is within 1.5 points) and the nested artifact's
+weight bytes with theirs summed (``reporting.nested``). Every finished run writes its
 result JSON under ``--scratch`` at once: a grid that is interrupted (or run in pieces, e.g. one
 seed at a time) continues with the runs not yet done when started again with the same settings.
 
@@ -26,6 +31,7 @@ from those shapes by ``reporting`` (``mdprune report bench/results/budget_grid.j
 same tables, mean ± std over seeds, and the plots, also on a clone without ``--scratch``).
 
     python bench/budget_grid.py --seeds 0 1 2 --protocol same-domain held-out
+    python bench/budget_grid.py --seeds 0 1 2 --protocol held-out --sharing union --nested
 
 Channels are pruned in groups of the CPU's SIMD width (``--channel-group auto``); at the default
 width 0.5 and groups of 16 the least a domain can cost is 0.31 of the backbone's MACs, so the
@@ -54,9 +60,11 @@ from multidomain.artifact import MANIFEST_FILE, WEIGHTS_FILE
 from multidomain.files import read_json, safetensors_shapes, write_json
 from reporting.checks import check_runs
 from reporting.inputs import collect_grid
+from reporting.nested import nested_levels, nested_rows, nested_sizes
 from reporting.render import (
     TABLE_LEGEND,
     reference_row,
+    render_nested,
     render_seed_sections,
     render_table,
     run_row,
@@ -68,6 +76,7 @@ from training.budget import BudgetConfig, train_budget_aware
 from training.data import DomainData, load_domains
 from training.errors import TrainingError
 from training.export import export_artifact
+from training.nested import train_nested
 from training.pretrain import BACKBONE_WEIGHTS, PretrainConfig, pretrain_backbone
 from training.sharing import SHARING_VARIANTS
 
@@ -82,6 +91,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS))
     parser.add_argument("--budgets", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.35])
     parser.add_argument("--sharing", nargs="+", choices=SHARING_VARIANTS, default=["none", "union"])
+    parser.add_argument(
+        "--nested",
+        action="store_true",
+        help="Also train, per protocol, seed and sharing variant, one nested run whose levels "
+        "are the --budgets (compared with the runs trained at each budget alone).",
+    )
     parser.add_argument("--steps", type=int, default=BudgetConfig().steps)
     parser.add_argument("--reference-steps", type=int, default=300)
     parser.add_argument("--pretrain-steps", type=int, default=PretrainConfig().steps)
@@ -123,6 +138,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for budget in args.budgets:
         if not 0 < budget <= 1:
             parser.error(f"every budget must be in (0, 1], got {budget}")
+    if args.nested and len(set(args.budgets)) < 2:
+        parser.error("--nested needs at least two different --budgets (its levels)")
+    if args.nested and len(set(args.budgets)) != len(args.budgets):
+        parser.error(f"--nested: a budget is given twice in --budgets {args.budgets}")
     return args
 
 
@@ -196,11 +215,6 @@ def budget_run(
     domains: list[DomainData],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    key = f"s{seed}-b{budget:g}-{sharing}"
-    done = scratch.done(key)
-    if done is not None:
-        print(f"{protocol} {key}: done before, reused", flush=True)
-        return done
     config = BudgetConfig(
         budget=budget,
         sharing=sharing,  # type: ignore[arg-type]
@@ -208,18 +222,61 @@ def budget_run(
         channel_group=args.channel_group,
         seed=seed,
     )
+    return trained_run(scratch, protocol, f"s{seed}-b{budget:g}-{sharing}", config, domains)
+
+
+def nested_key(seed: int, levels: Sequence[float], sharing: str) -> str:
+    """A nested run's key: its levels are part of it, so that a grid of other budgets in the
+    same scratch folder trains its own nested run."""
+    return f"s{seed}-nested-{'_'.join(f'{b:g}' for b in levels)}-{sharing}"
+
+
+def nested_run(
+    scratch: Scratch,
+    protocol: str,
+    seed: int,
+    sharing: str,
+    domains: list[DomainData],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One run trained for every budget of ``--budgets`` at once (``training.nested``)."""
+    config = BudgetConfig(
+        levels=tuple(args.budgets),
+        sharing=sharing,  # type: ignore[arg-type]
+        steps=args.steps,
+        channel_group=args.channel_group,
+        seed=seed,
+    )
+    key = nested_key(seed, config.levels, sharing)
+    return trained_run(scratch, protocol, key, config, domains)
+
+
+def trained_run(
+    scratch: Scratch,
+    protocol: str,
+    key: str,
+    config: BudgetConfig,
+    domains: list[DomainData],
+) -> dict[str, Any]:
+    """Budget-aware training (nested when ``config.levels``) from the protocol's backbone,
+    export and its grid row; reused when the scratch folder holds it already."""
+    done = scratch.done(key)
+    if done is not None:
+        print(f"{protocol} {key}: done before, reused", flush=True)
+        return done
     artifact = scratch.store / "grid" / key
     if not (artifact / MANIFEST_FILE).is_file():  # else: exported, its result not yet written
-        trained = train_budget_aware(domains, scratch.backbone, config)
+        train = train_nested if config.levels else train_budget_aware
+        trained = train(domains, scratch.backbone, config)
         export_artifact(trained, scratch.store, "grid", key)
     manifest = read_json(artifact / MANIFEST_FILE)
     entries = manifest["domains"]
     row = {
         "protocol": protocol,
-        "seed": seed,
-        "budget": budget,
+        "seed": config.seed,
+        "budget": config.budget,
         "budget_metric": config.budget_metric,
-        "sharing": sharing,
+        "sharing": config.sharing,
         "mean_test_accuracy": manifest["mean_test_accuracy"],
         "test_accuracy": {d["name"]: d["test_accuracy"] for d in entries},
         "learned_costs": {d["name"]: d["learned_costs"] for d in entries},
@@ -230,7 +287,22 @@ def budget_run(
         "weights_shapes": safetensors_shapes(artifact / WEIGHTS_FILE),
         "manifest": manifest,
     }
-    print(f"{protocol} {key}: mean test accuracy {row['mean_test_accuracy']:.4f}", flush=True)
+    if config.levels:
+        row["nested"] = True
+        row["levels"] = [
+            {
+                "budget": level["budget"],
+                "mean_test_accuracy": level["mean_test_accuracy"],
+                "test_accuracy": {d["name"]: d["levels"][j]["test_accuracy"] for d in entries},
+            }
+            for j, level in enumerate(manifest["levels"])
+        ]
+        levels = ", ".join(
+            f"{level['budget']:g}: {level['mean_test_accuracy']:.4f}" for level in row["levels"]
+        )
+        print(f"{protocol} {key}: mean test accuracy per level {levels}", flush=True)
+    else:
+        print(f"{protocol} {key}: mean test accuracy {row['mean_test_accuracy']:.4f}", flush=True)
     return scratch.finish(key, row)
 
 
@@ -304,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     rows.append(
                         budget_run(scratch, protocol, seed, budget, sharing, target_data, args)
                     )
+            if args.nested:
+                for sharing in args.sharing:
+                    rows.append(nested_run(scratch, protocol, seed, sharing, target_data, args))
             for data in target_data:
                 references.append(reference_run(scratch, protocol, seed, data, arch, args))
     result = {
@@ -317,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "seeds": args.seeds,
             "budgets": args.budgets,
             "sharing": args.sharing,
+            "nested": args.nested,
         },
         "protocols": protocols,
         "grid": rows,
@@ -354,6 +430,11 @@ def render_markdown(result: dict[str, Any], results_json: Path) -> str:
             reference_rows,
             findings(settings),
             headline(settings),
+        ),
+        *(
+            [*render_nested(nested_levels(nested_rows(runs)), nested_sizes(runs)), ""]
+            if any(r.nested for r in runs)
+            else []
         ),
         "## Every run",
         "",

@@ -267,9 +267,11 @@ class ArtifactCount:
 def count_artifact(arch: ArchSpec, shapes: Shapes, names: Sequence[str]) -> ArtifactCount:
     """Count an artifact's weights file (``multidomain.artifact``'s tensor names) from its shapes:
     a domain's mid channels are the length of its ``bn1`` tensors, its conv slices are its share
-    of the compact convolutions, its classes its head's rows. ``names``: the domains in order."""
+    of the compact convolutions, its classes its head's rows. ``names``: the domains in order.
+    A nested artifact is counted at its largest level (the exporter's ``compact`` params): the
+    BatchNorm tensors of its lower levels (``levels.*``) are left out."""
     areas = _conv_areas(arch)
-    shared = {n: list(s) for n, s in shapes.items() if not n.startswith("domains.")}
+    shared = {n: list(s) for n, s in shapes.items() if not n.startswith(("domains.", "levels."))}
     for name in shared:
         if name not in areas:
             raise WeightCountError(f"tensor {name} is not a convolution of {arch.to_dict()}")

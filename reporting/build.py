@@ -16,8 +16,14 @@ plotted is skipped. Plots:
 * ``score_vs_params.png``: accuracy and S-score against compact params (mean ± std over seeds);
 * ``channel_usage_<model>_<version>.png``: per block, which backbone channels each domain uses
   and which survive pruning (all runs, or those at the default budget when there are many);
-* ``nested_accuracy_vs_budget.png`` (when a run is nested, ``mdprune train --budgets``): each
-  nested run's levels next to the runs trained alone at one budget, also as a table.
+* ``nested_accuracy_vs_budget.png`` (when a run is nested, ``mdprune train --budgets`` or
+  ``bench/budget_grid.py --nested``): the nested levels next to the runs trained alone at one
+  budget of the same protocol, seeds and sharing (mean ± std over seeds), also as tables with
+  the artifacts' sizes (``reporting.nested``). Nested runs are listed with every run but kept
+  out of the settings over seeds, the other plots and the headline;
+* ``training_history.png`` (when manifests record ``training.history``): cross-entropy, the
+  sharing term and the largest domain cost against its annealed target over the training steps,
+  per sharing variant at the default budget (mean and std over seeds).
 
 Every ratio is counted from the weights' tensor shapes at report time (``counts``), never read
 from the manifest (a manifest that disagrees with its weights is named in the warnings); the
@@ -47,14 +53,17 @@ from reporting.channels import ChannelUsage, channel_usage
 from reporting.checks import check_runs
 from reporting.errors import ReportError
 from reporting.inputs import Run, collect_runs
+from reporting.nested import nested_levels, nested_rows, nested_sizes
 from reporting.plots import (
     ACCURACY_PLOT,
     COST_PLOT,
+    HISTORY_PLOT,
     NESTED_PLOT,
     SCORE_PLOT,
     plot_accuracy,
     plot_channel_usage,
     plot_costs,
+    plot_history,
     plot_nested,
     plot_scores,
 )
@@ -62,7 +71,7 @@ from reporting.render import reference_row, render_markdown, run_row, setting_ro
 from reporting.scores import score_runs
 from reporting.seeds import findings, headline, settings_of
 
-__all__ = ["DEFAULT_BUDGET", "MAX_CHANNEL_PLOTS", "build_report", "missing_fields", "nested_rows"]
+__all__ = ["DEFAULT_BUDGET", "MAX_CHANNEL_PLOTS", "build_report", "missing_fields"]
 
 DEFAULT_BUDGET = 0.5
 MAX_CHANNEL_PLOTS = 6
@@ -165,30 +174,6 @@ def _lost(previous: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Cou
     return +lost
 
 
-def nested_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """Every nested run's levels, each next to the runs trained alone at its budget (their
-    best mean test accuracy) and the difference."""
-    alone: dict[float, list[float]] = {}
-    for run in runs:
-        if not run.levels and run.budget is not None and run.mean_test_accuracy is not None:
-            alone.setdefault(round(run.budget, 9), []).append(run.mean_test_accuracy)
-    rows = []
-    for run in runs:
-        for budget, accuracy in run.levels:
-            same = alone.get(round(budget, 9))
-            best = max(same) if same else None
-            rows.append(
-                {
-                    "run": run.label,
-                    "budget": budget,
-                    "nested_mean_test_accuracy": accuracy,
-                    "alone_mean_test_accuracy": best,
-                    "difference": None if accuracy is None or best is None else accuracy - best,
-                }
-            )
-    return rows
-
-
 def _previous_report(out_dir: Path) -> dict[str, Any] | None:
     path = out_dir / "report.json"
     if not path.is_file():
@@ -211,6 +196,7 @@ def _plot_files(report: Mapping[str, Any]) -> set[str]:
             "cost_vs_budget",
             "score_vs_params",
             "nested_accuracy_vs_budget",
+            "training_history",
         )
     ]
     channel = plots.get("channel_usage")
@@ -270,9 +256,13 @@ def build_report(
         plots["accuracy_vs_budget"] = ACCURACY_PLOT
     if plot_costs(runs, out_dir / COST_PLOT):
         plots["cost_vs_budget"] = COST_PLOT
-    if plot_nested(runs, out_dir / NESTED_PLOT):
+    nested = nested_rows(runs)
+    levels = nested_levels(nested)
+    if plot_nested(levels, out_dir / NESTED_PLOT):
         plots["nested_accuracy_vs_budget"] = NESTED_PLOT
     plots["score_vs_params"] = SCORE_PLOT if plot_scores(runs, out_dir / SCORE_PLOT) else None
+    history = plot_history(runs, DEFAULT_BUDGET, out_dir / HISTORY_PLOT)
+    plots["training_history"] = HISTORY_PLOT if history else None
     for run, usage in channel_runs:
         assert run.channel_plot is not None
         plot_channel_usage(run, usage, out_dir / run.channel_plot)
@@ -287,7 +277,9 @@ def build_report(
         "findings": findings(settings) if by_seed else [],
         "headline": headline(settings) if by_seed else [],
         "plots": plots,
-        "nested": nested_rows(runs),
+        "nested": nested,
+        "nested_levels": levels,
+        "nested_sizes": nested_sizes(runs),
         "budget_check": {
             status: sum(r.budget_status == status for r in runs)
             for status in ("ok", "over", "unchecked")

@@ -6,6 +6,7 @@ exporter wrote are only compared with the count: a difference becomes a warning.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "BACKBONE_WEIGHTS",
     "Counted",
     "count_run",
+    "fp32_bytes",
     "locate",
     "read_shapes",
 ]
@@ -37,6 +39,7 @@ ARTIFACT_WEIGHTS = "weights.safetensors"  # multidomain.artifact.WEIGHTS_FILE
 BACKBONE_WEIGHTS = "backbone.safetensors"  # training.pretrain.BACKBONE_WEIGHTS
 #: Recorded and counted fractions further apart than this are reported
 MISMATCH = 1e-6
+FP32_BYTES = 4
 
 
 @dataclass
@@ -49,6 +52,8 @@ class Counted:
     weights_from: str
     backbone_from: str
     notes: list[str] = field(default_factory=list)
+    #: every tensor of the weights file (a nested artifact's levels too) at 4 bytes a value
+    weight_bytes: int = 0
 
     @property
     def compact_params_fraction(self) -> float:
@@ -59,6 +64,11 @@ class Counted:
 
     def macs_fraction(self) -> dict[str, float]:
         return {d.name: d.macs / self.backbone.macs for d in self.artifact.domains}
+
+
+def fp32_bytes(shapes: Mapping[str, Sequence[int]]) -> int:
+    """The bytes of tensors of these shapes stored as float32 (the file's header excluded)."""
+    return FP32_BYTES * sum(math.prod(s) for s in shapes.values())
 
 
 def read_shapes(path: Path) -> dict[str, list[int]]:
@@ -121,6 +131,7 @@ def count_run(
     except (WeightCountError, ReportError) as exc:
         return None, [f"weights not counted: {exc}"]
     counted = Counted(backbone, artifact, weights_from, backbone_from)
+    counted.weight_bytes = fp32_bytes(shapes)
     counted.notes = _mismatches(manifest, domains, counted)
     return counted, counted.notes
 

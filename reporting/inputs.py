@@ -26,11 +26,13 @@ from reporting.errors import ReportError
 __all__ = [
     "MANIFEST_FILE",
     "SHARING_ORDER",
+    "Level",
     "Reference",
     "Run",
     "as_mapping",
     "collect_grid",
     "collect_runs",
+    "levels_of",
     "run_from_grid_row",
     "run_from_manifest",
     "sharing_key",
@@ -39,6 +41,15 @@ __all__ = [
 
 MANIFEST_FILE = "manifest.json"
 SHARING_ORDER = ("none", "union", "intersection", "jaccard")  # training.sharing's order
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of a nested run: its budget, mean and per-domain test accuracy."""
+
+    budget: float
+    mean_test_accuracy: float | None
+    test_accuracy: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,8 +81,8 @@ class Run:
     budget_notes: list[str] = field(default_factory=list)
     channel_plot: str | None = None
     note: str | None = None  # where its data came from, when not from its artifact folder
-    #: a nested artifact's levels: (budget, mean test accuracy), largest budget first
-    levels: list[tuple[float, float | None]] = field(default_factory=list)
+    #: a nested artifact's levels, largest budget first (empty: a run of one budget)
+    levels: list[Level] = field(default_factory=list)
     protocol: str | None = None  # a grid's protocol (same-domain, held-out)
     seed: int | None = None  # a grid's training seed
     counted: Counted | None = None  # the weights counted (every ratio comes from here)
@@ -83,6 +94,16 @@ class Run:
     @property
     def label(self) -> str:
         return f"{self.model_name}/{self.version}"
+
+    @property
+    def nested(self) -> bool:
+        """Several budget levels in one artifact (never averaged with runs of one budget)."""
+        return bool(self.levels)
+
+    @property
+    def weight_bytes(self) -> int | None:
+        """Its weights file's tensors at 4 bytes a value (``None``: not counted)."""
+        return None if self.counted is None else self.counted.weight_bytes
 
 
 @dataclass
@@ -174,14 +195,41 @@ def run_from_manifest(
             for n, x in zip(names, latencies, strict=True)
         },
         time_batch=batch,
-        levels=[
-            (level_budget, _number(level.get("mean_test_accuracy")))
-            for level in manifest.get("levels", [])
-            if isinstance(level, Mapping)
-            and (level_budget := _number(level.get("budget"))) is not None
-        ],
+        levels=_manifest_levels(manifest, names, domains),
         counted=counted,
     )
+
+
+def _manifest_levels(
+    manifest: Mapping[str, Any], names: Sequence[str], domains: Sequence[Mapping[str, Any]]
+) -> list[Level]:
+    """A nested manifest's levels: the mean from ``levels``, each domain's accuracy from its
+    own ``levels`` entry of the same budget."""
+    per_domain: dict[float, dict[str, float | None]] = {}
+    for name, entry in zip(names, domains, strict=True):
+        for level in entry.get("levels") or []:
+            budget = _number(as_mapping(level).get("budget"))
+            if budget is not None:
+                accuracy = _number(as_mapping(level).get("test_accuracy"))
+                per_domain.setdefault(budget, {})[name] = accuracy
+    return levels_of(manifest.get("levels"), per_domain)
+
+
+def levels_of(
+    raw: Any, per_domain: Mapping[float, Mapping[str, float | None]] | None = None
+) -> list[Level]:
+    """``Level`` s from a list of ``{budget, mean_test_accuracy[, test_accuracy]}`` objects
+    (a manifest's or a grid row's ``levels``); ``per_domain`` fills in missing accuracies."""
+    levels = []
+    for level in raw if isinstance(raw, list) else []:
+        budget = _number(as_mapping(level).get("budget"))
+        if budget is None:
+            continue
+        accuracy = {
+            str(k): _number(v) for k, v in as_mapping(level.get("test_accuracy")).items()
+        } or dict((per_domain or {}).get(budget, {}))
+        levels.append(Level(budget, _number(level.get("mean_test_accuracy")), accuracy))
+    return levels
 
 
 def _batch_order(batch: str) -> tuple[int, str]:
@@ -212,6 +260,7 @@ def run_from_grid_row(row: Mapping[str, Any], source: str) -> Run:
         params_fraction={n: None for n in names},
         macs_fraction={n: None for n in names},
         wall_time_s=_number(row.get("wall_time_s")),
+        levels=levels_of(row.get("levels")),
     )
 
 

@@ -5,9 +5,14 @@
   (mean, bars min..max) vs budget, with the single-domain backbone (1.0) and the budget line;
 * ``score_vs_params.png``: mean accuracy and S-score against compact params (the Pareto view);
 * ``channel_usage_<model>_<version>.png``: per block, which backbone channels each domain uses
-  and which survive pruning.
+  and which survive pruning;
+* ``nested_accuracy_vs_budget.png``: nested levels next to the runs trained alone at one budget;
+* ``training_history.png``: budget-aware training over its steps (``training.history`` of the
+  manifests): cross-entropy, the sharing term, and the largest domain cost in every capped
+  metric next to the annealed target, per sharing variant at one budget.
 
-Several runs of one setting (seeds) are drawn as their mean with std error bars.
+Several runs of one setting (seeds) are drawn as their mean with std error bars. Every plot but
+``plot_nested`` (and the channel usage) shows runs of one budget only.
 
 Whatever a run lacks is skipped; a plot with nothing to draw is not written.
 """
@@ -15,7 +20,7 @@ Whatever a run lacks is skipped; a plot with nothing to draw is not written.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +33,13 @@ from reporting.seeds import Spread, spread
 __all__ = [
     "ACCURACY_PLOT",
     "COST_PLOT",
+    "HISTORY_PLOT",
     "NESTED_PLOT",
     "SCORE_PLOT",
     "plot_accuracy",
     "plot_channel_usage",
     "plot_costs",
+    "plot_history",
     "plot_nested",
     "plot_scores",
 ]
@@ -41,6 +48,7 @@ ACCURACY_PLOT = "accuracy_vs_budget.png"
 NESTED_PLOT = "nested_accuracy_vs_budget.png"
 COST_PLOT = "cost_vs_budget.png"
 SCORE_PLOT = "score_vs_params.png"
+HISTORY_PLOT = "training_history.png"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 GREY_DARK, GREY_MID, GREY_LIGHT = "#333333", "#4d4d4d", "#808080"
 
@@ -121,8 +129,14 @@ def _budget_axis(axes: Any, runs: Sequence[Run]) -> None:
     axes.grid(True, alpha=0.3)
 
 
+def _one_budget(runs: Sequence[Run]) -> list[Run]:
+    """The runs trained at one budget: a nested run's levels are ``plot_nested``'s."""
+    return [r for r in runs if not r.nested]
+
+
 def plot_accuracy(runs: Sequence[Run], references: Sequence[Reference], path: Path) -> bool:
     """Mean test accuracy vs budget per sharing variant; ``False`` (no file) if no run has both."""
+    runs = _one_budget(runs)
     points = [r for r in runs if r.budget is not None and r.mean_test_accuracy is not None]
     if not points:
         return False
@@ -161,50 +175,156 @@ def plot_accuracy(runs: Sequence[Run], references: Sequence[Reference], path: Pa
     return True
 
 
-def plot_nested(runs: Sequence[Run], path: Path) -> bool:
-    """Mean test accuracy vs budget of every nested run's levels, next to the runs trained
-    alone at one budget (one line per sharing variant); ``False`` (no file) without a nested
-    run."""
-    nested = [r for r in runs if r.levels]
-    if not nested:
+def plot_nested(levels: Sequence[Mapping[str, Any]], path: Path) -> bool:
+    """Mean test accuracy vs budget of the nested levels (``reporting.nested.nested_levels``)
+    next to the runs trained alone at one budget of the same protocol, sharing variant and
+    seeds, one pair of lines per protocol and sharing variant; bars: std over seeds. ``False``
+    (no file) without a nested level."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for level in levels:
+        where = f"{level['protocol']}: " if level.get("protocol") else ""
+        groups.setdefault(f"{where}{level['sharing']}", []).append(level)
+    if not groups:
         return False
     _agg()
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(9.5, 5.0), layout="constrained")
     axes = figure.add_subplot()
-    for k, run in enumerate(nested):
-        points = [(b, a) for b, a in run.levels if a is not None]
-        axes.plot(
-            [b for b, _ in points],
-            [a for _, a in points],
-            marker=MARKERS[k % len(MARKERS)],
-            color=f"C{k % 10}",
-            label=f"nested levels, one run: {run.label}",
-        )
-    alone = [r for r in runs if not r.levels and r.budget is not None]
-    for sharing, group in _by_sharing(alone).items():
-        points = [
-            (r.budget, r.mean_test_accuracy)
-            for r in group
-            if r.budget is not None and r.mean_test_accuracy is not None
-        ]
-        if points:
-            axes.plot(
+    for k, (variant, group) in enumerate(groups.items()):
+        ordered = sorted(group, key=lambda level: level["budget"])
+        for field, marker, line, what in (
+            ("nested_mean_test_accuracy", MARKERS[k % len(MARKERS)], "-", "nested levels"),
+            ("alone_mean_test_accuracy", "x", "--", "trained alone per budget"),
+        ):
+            points = [(level["budget"], level[field]) for level in ordered if level[field]]
+            if not points:
+                continue
+            axes.errorbar(
                 [b for b, _ in points],
-                [a for _, a in points],
-                marker="x",
-                color=GREY_DARK,
-                linestyle="--",
-                label=f"trained alone per budget (sharing: {sharing})",
+                [p["mean"] for _, p in points],
+                yerr=[p["std"] or 0.0 for _, p in points],
+                marker=marker,
+                linestyle=line,
+                color=f"C{k % 10}",
+                capsize=3,
+                label=f"{what} ({variant}, seeds: {max(p['n'] for _, p in points)})",
             )
-    budgets = sorted({b for r in nested for b, _ in r.levels})
+    budgets = sorted({level["budget"] for level in levels})
     axes.set_xlabel("budget β (each domain's cost cap, fraction of the backbone)")
     axes.set_xticks(budgets)
     axes.grid(True, alpha=0.3)
-    axes.set_ylabel("mean test accuracy (over domains)")
+    axes.set_ylabel("mean test accuracy (over domains; bars: std over seeds)")
     axes.set_title("Nested levels vs models trained alone")
     figure.legend(loc="outside right upper", fontsize="small")
+    _save(figure, path)
+    return True
+
+
+def _history(run: Run) -> Mapping[str, Any]:
+    """The run's recorded training history (columns, ``training.history``), empty if none."""
+    training = as_mapping((run.manifest or {}).get("training"))
+    history = as_mapping(training.get("history"))
+    return history if isinstance(history.get("step"), list) and history["step"] else {}
+
+
+def _largest_per_step(columns: Mapping[str, Any]) -> list[float] | None:
+    """Per step, the largest of the per-domain columns (``{domain: [...]}``)."""
+    lists = [v for v in columns.values() if isinstance(v, list)]
+    if not lists or len({len(v) for v in lists}) != 1:
+        return None
+    return [max(values) for values in zip(*lists, strict=True)]
+
+
+def _history_curves(run: Run) -> dict[str, list[float]]:
+    """The curves the history plot draws for one run: ``ce``, ``sharing_loss``, ``target``
+    (largest over domains) and ``cost:<metric>`` (largest over domains), each one value per
+    recorded step; a curve whose length differs from the steps' is left out."""
+    history = _history(run)
+    steps = len(history.get("step", []))
+    curves: dict[str, list[float]] = {}
+    for key in ("ce", "sharing_loss"):
+        values = history.get(key)
+        if isinstance(values, list) and len(values) == steps:
+            curves[key] = [float(v) for v in values]
+    target = _largest_per_step(as_mapping(history.get("target")))
+    if target is not None and len(target) == steps:
+        curves["target"] = target
+    for metric, columns in as_mapping(history.get("cost")).items():
+        largest = _largest_per_step(as_mapping(columns))
+        if largest is not None and len(largest) == steps:
+            curves[f"cost:{metric}"] = largest
+    return curves
+
+
+def _mean_band(
+    axes: Any,
+    steps: Sequence[float],
+    series: Sequence[Sequence[float]],
+    color: str,
+    style: str,
+    label: str,
+) -> None:
+    """The mean of ``series`` (one list per seed) over ``steps``, with a band of one std when
+    there are several."""
+    if not series:
+        return
+    points = [spread(values) for values in zip(*series, strict=True)]
+    means = [p.mean if p is not None else math.nan for p in points]
+    axes.plot(steps, means, color=color, linestyle=style, label=label)
+    if len(series) > 1:
+        stds = [(p.std or 0.0) if p is not None else 0.0 for p in points]
+        low = [m - d for m, d in zip(means, stds, strict=True)]
+        high = [m + d for m, d in zip(means, stds, strict=True)]
+        axes.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
+
+
+def plot_history(runs: Sequence[Run], budget: float, path: Path) -> bool:
+    """Budget-aware training over its steps, one line per sharing variant (and protocol) of
+    the one-budget runs at ``budget`` (or, if none records a history there, at every budget,
+    labelled with it); several seeds of a line: their mean, a band of one std. ``False`` (no
+    file) when no run records a history."""
+    recorded = [r for r in _one_budget(runs) if r.budget is not None and _history(r)]
+    chosen = [r for r in recorded if abs((r.budget or 0.0) - budget) < 1e-9] or recorded
+    if not chosen:
+        return False
+    one_budget = len({r.budget for r in chosen}) == 1
+    lines: dict[str, list[Run]] = {}
+    for run in sorted(chosen, key=lambda r: (r.protocol or "", sharing_key(r.sharing))):
+        label = _variant(run) if one_budget else f"{_variant(run)}, β={run.budget:g}"
+        lines.setdefault(label, []).append(run)
+    _agg()
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(13.0, 4.2), layout="constrained")
+    ce_axes, sharing_axes, cost_axes = figure.subplots(1, 3)
+    dashes = ("-", ":", "-.")
+    for k, (label, group) in enumerate(lines.items()):
+        steps = _history(group[0])["step"]
+        curves = [_history_curves(r) for r in group if _history(r)["step"] == steps]
+        color = f"C{k % 10}"
+
+        seeds = f" ({len(curves)} seeds)" if len(curves) > 1 else ""
+        panels = [(ce_axes, "ce", "-", color, f"{label}{seeds}")]
+        panels.append((sharing_axes, "sharing_loss", "-", color, f"{label}{seeds}"))
+        metrics = sorted({key for c in curves for key in c if key.startswith("cost:")})
+        for m, key in enumerate(metrics):
+            name = f"{label}{seeds}: {key.removeprefix('cost:')}"
+            panels.append((cost_axes, key, dashes[m % len(dashes)], color, name))
+        panels.append((cost_axes, "target", "--", GREY_LIGHT, f"{label}: target"))
+        for axes, key, style, tint, name in panels:
+            series = [c[key] for c in curves if key in c]
+            _mean_band(axes, steps, series, tint, style, name)
+    ce_axes.set_ylabel("training cross-entropy (mean over domains)")
+    sharing_axes.set_ylabel("sharing term (before its weight)")
+    cost_axes.set_ylabel("largest domain cost (fraction of the backbone)")
+    for axes in (ce_axes, sharing_axes, cost_axes):
+        axes.set_xlabel("step")
+        axes.grid(True, alpha=0.3)
+    where = f"budget {budget:g}" if one_budget else "every budget"
+    figure.suptitle(f"Budget-aware training ({where}; band: std over seeds)")
+    cost_axes.legend(fontsize="x-small")
+    ce_axes.legend(fontsize="x-small")
     _save(figure, path)
     return True
 
@@ -217,6 +337,7 @@ def _reference_lines(axes: Any, runs: Sequence[Run]) -> None:
 
 def plot_costs(runs: Sequence[Run], path: Path) -> bool:
     """Compact params and domain MACs (over the backbone) vs budget; ``False`` if no data."""
+    runs = _one_budget(runs)
     params = [r for r in runs if r.budget is not None and r.compact_params_fraction is not None]
     macs = [
         r
@@ -298,6 +419,7 @@ def plot_costs(runs: Sequence[Run], path: Path) -> bool:
 def plot_scores(runs: Sequence[Run], path: Path) -> bool:
     """Accuracy and S-score against compact params (all domains served), mean ± std over seeds
     per setting, one line per sharing variant (the Pareto view); ``False`` if no run has both."""
+    runs = _one_budget(runs)
     points = [r for r in runs if r.compact_params_fraction is not None and r.budget is not None]
     if not points:
         return False

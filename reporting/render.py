@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reporting.inputs import Reference, Run
+from reporting.nested import TOLERANCE_POINTS
 from reporting.seeds import Setting, Spread, spread
 
 __all__ = [
@@ -14,6 +15,8 @@ __all__ = [
     "TABLE_LEGEND",
     "reference_row",
     "render_markdown",
+    "render_nested",
+    "render_nested_runs",
     "render_references",
     "render_seed_sections",
     "render_settings",
@@ -67,6 +70,16 @@ def run_row(run: Run) -> dict[str, Any]:
         "budget_check": run.budget_status,
         "budget_notes": run.budget_notes,
         "channel_usage_plot": run.channel_plot,
+        "nested": run.nested,
+        "levels": [
+            {
+                "budget": level.budget,
+                "mean_test_accuracy": level.mean_test_accuracy,
+                "test_accuracy": level.test_accuracy,
+            }
+            for level in run.levels
+        ],
+        "weight_bytes": run.weight_bytes,
     }
 
 
@@ -158,6 +171,8 @@ def render_table(
         own = row.get("domain_budgets") or {}
         if own:
             budget += " (" + ", ".join(f"{n} {b:g}" for n, b in own.items()) + ")"
+        if row.get("nested"):
+            budget = "nested " + ", ".join(f"{level['budget']:g}" for level in row["levels"])
         wall = "–" if row["wall_time_s"] is None else f"{row['wall_time_s']:.0f}"
         time = _fmt(row.get("max_domain_time_fraction"))
         if row.get("max_domain_predicted_time_fraction") is not None:
@@ -242,6 +257,94 @@ def render_references(references: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+NESTED_LEGEND = (
+    "A nested run trains every budget level in one run and serves them from one artifact "
+    "(`--budgets`, `--nested`). Each level is compared with the runs trained alone at its budget "
+    "of the same protocol, seed, sharing variant and budget metric: mean test accuracy mean ± "
+    "std over seeds (alone: over the seeds that have both), the difference in points as mean ± "
+    f"std of the per-seed differences, and whether its mean is within {TOLERANCE_POINTS:g} "
+    "points (issue 16's target). Sizes: every tensor of the weights files, counted from their "
+    "shapes at 4 bytes a value; the nested artifact against the artifacts trained alone at its "
+    "levels' budgets (same protocol, seed, sharing) summed. Nested runs are not part of the "
+    "settings above."
+)
+
+
+def _points(value: Mapping[str, Any] | None) -> str:
+    if value is None:
+        return "–"
+    text = f"{value['mean']:+.2f}"
+    return text if value["std"] is None else f"{text} ± {value['std']:.2f}"
+
+
+def _bytes(value: int | None) -> str:
+    return "–" if value is None else f"{value:,}"
+
+
+def render_nested(
+    levels: Sequence[Mapping[str, Any]], sizes: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """The nested section: each level over seeds against the runs trained alone
+    (``reporting.nested.nested_levels``), and each nested artifact's size against the separate
+    artifacts' summed (``nested_sizes``)."""
+    lines = [
+        "## Nested levels vs trained alone",
+        "",
+        NESTED_LEGEND,
+        "",
+        "| protocol | sharing | metric | level budget | seeds | nested mean acc | alone mean acc "
+        f"| nested - alone (points) | within {TOLERANCE_POINTS:g} points |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for level in levels:
+        seeds = ",".join("?" if s is None else str(s) for s in level["seeds"])
+        within = level["within_tolerance"]
+        lines.append(
+            f"| {level['protocol'] or '–'} | {level['sharing']} | {level['budget_metric'] or '–'} "
+            f"| {level['budget']:g} | {seeds} | {_cell(level['nested_mean_test_accuracy'], 4)} "
+            f"| {_cell(level['alone_mean_test_accuracy'], 4)} "
+            f"| {_points(level['difference_points'])} "
+            f"| {'–' if within is None else ('yes' if within else '**no**')} |"
+        )
+    lines += [
+        "",
+        "| protocol | sharing | seed | nested run | nested weight bytes | alone runs replaced "
+        "| their weight bytes summed | nested / summed | smaller |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size in sizes:
+        replaced = ", ".join(f"{b}: `{label}`" for b, label in size["alone_runs"].items())
+        replaced += "".join(f"; missing {m}" for m in size["missing"])
+        smaller = size["smaller"]
+        lines.append(
+            f"| {size['protocol'] or '–'} | {size['sharing']} | "
+            f"{'–' if size['seed'] is None else size['seed']} | `{size['run']}` | "
+            f"{_bytes(size['nested_weight_bytes'])} | {replaced or '–'} | "
+            f"{_bytes(size['alone_weight_bytes_sum'])} | {_fmt(size['ratio'])} | "
+            f"{'–' if smaller is None else ('yes' if smaller else '**no**')} |"
+        )
+    return lines
+
+
+def render_nested_runs(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every level of every nested run next to the alone run(s) it is compared with."""
+    lines = [
+        "| nested run | protocol | seed | sharing | budget | nested | alone | alone runs "
+        "| nested - alone |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        alone = ", ".join(f"`{label}`" for label in row["alone_runs"]) or "none"
+        lines.append(
+            f"| `{row['run']}` | {row['protocol'] or '–'} | "
+            f"{'–' if row['seed'] is None else row['seed']} | {row['sharing']} | "
+            f"{row['budget']:g} | {_fmt(row['nested_mean_test_accuracy'], 4)} | "
+            f"{_fmt(row['alone_mean_test_accuracy'], 4)} | {alone} | "
+            f"{_fmt(row['difference'], 4)} |"
+        )
+    return lines
+
+
 def render_seed_sections(
     settings: Sequence[Mapping[str, Any]],
     references: Sequence[Mapping[str, Any]],
@@ -309,24 +412,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ]
         notes = "; ".join(row["budget_notes"])
         lines.append(f"- `{row['model_name']}/{row['version']}`: {status}: {notes}")
-    nested = report.get("nested") or []
-    if nested:
-        lines += [
-            "",
-            "## Nested levels vs trained alone",
-            "",
-            "Mean test accuracy of each level of a nested run (one training run, one artifact) "
-            "and of the runs trained alone at that budget (the best of them).",
-            "",
-            "| nested run | budget | nested | alone | nested - alone |",
-            "|---|---|---|---|---|",
-        ]
-        for row in nested:
-            nested_accuracy = _fmt(row["nested_mean_test_accuracy"], 4)
-            lines.append(
-                f"| `{row['run']}` | {row['budget']:g} | {nested_accuracy} "
-                f"| {_fmt(row['alone_mean_test_accuracy'], 4)} | {_fmt(row['difference'], 4)} |"
-            )
+    if report.get("nested"):
+        lines += ["", *render_nested(report["nested_levels"], report["nested_sizes"])]
+        lines += ["", *render_nested_runs(report["nested"])]
     plots = report["plots"]
     lines += ["", "## Figures", ""]
     for key, caption in (
@@ -341,6 +429,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if plots.get("nested_accuracy_vs_budget"):
         caption = "Nested levels vs models trained alone"
         lines += [f"### {caption}", "", f"![{caption}]({plots['nested_accuracy_vs_budget']})", ""]
+    if plots.get("training_history"):
+        caption = "Training history"
+        lines += [f"### {caption}", "", f"![{caption}]({plots['training_history']})", ""]
     if plots["channel_usage"]:
         lines += ["### Channel usage (which channels each domain uses, which survive pruning)", ""]
         for row in rows:

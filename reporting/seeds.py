@@ -1,10 +1,11 @@
 """Runs of one setting over several seeds: mean ± std per figure, and the one rule by which the
 report's text calls a difference real.
 
-A setting is (protocol, budget, budget metric, per-domain budgets, sharing). The spread of a
-figure is its sample standard deviation over the setting's seeds. **Rule:** two settings differ
-in a figure only if their means are further apart than the sum of their spreads; with one seed
-there is no spread and no difference is called real. ``findings`` writes the comparisons the
+A setting is (protocol, budget, budget metric, per-domain budgets, sharing) of runs trained at
+one budget (a nested run is not one of them). The spread of a figure is its sample standard
+deviation over the setting's seeds. **Rule:** two settings differ in a figure only if their
+means are further apart than the sum of their spreads; with one seed there is no spread and no
+difference is called real. ``findings`` writes the comparisons the
 grid is about with this rule, and ``headline`` checks the README's claim on the means.
 """
 
@@ -110,9 +111,12 @@ class Setting:
 
 
 def settings_of(runs: Sequence[Run]) -> list[Setting]:
-    """The runs grouped by setting, in the report's order (protocol, budget down, sharing)."""
+    """The runs of one budget grouped by setting, in the report's order (protocol, budget down,
+    sharing); nested runs are left out (``reporting.nested`` compares them)."""
     groups: dict[tuple[object, ...], Setting] = {}
     for run in runs:
+        if run.nested:
+            continue
         own = tuple(
             sorted(
                 (n, b) for n, b in run.domain_budgets.items() if b is not None and b != run.budget

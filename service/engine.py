@@ -11,6 +11,12 @@ that queued while another batch computed. Forward passes run one at a time on a 
 thread, each using ``torch_threads`` intra-op threads, so the event loop never blocks and the
 cores are not oversubscribed by concurrent domains.
 
+Deadline-aware admission (``shed_late``): the engine keeps a moving average of the compute time
+per image of recent batches (all domains share the one compute thread); a request whose images,
+behind every live queued image, would at that rate finish after its deadline is refused at once
+(``WouldMissDeadline``, 429) instead of being queued to time out (504). Until the first batch
+after start has run there is no estimate and only the queue bound applies.
+
 Queue depth counts live images only: an image whose request has gone (deadline, client
 disconnect) leaves the count at once and is dropped unseen when the worker reaches it. A worker
 that dies of a bug fails its queued requests and is reported by ``failed_domains`` (``/livez``).
@@ -40,12 +46,15 @@ from torch import Tensor, nn
 
 from multidomain.serving import class_probabilities, level_label
 from service.degrade import DegradePolicy
-from service.errors import DeadlineExceeded, NotReady, Overloaded
+from service.errors import DeadlineExceeded, NotReady, Overloaded, WouldMissDeadline
 from service.metrics import DomainMetrics, ServiceMetrics
 
 __all__ = ["Answer", "DomainModel", "InferenceEngine"]
 
 logger = logging.getLogger("service")
+
+#: weight of the newest batch in the moving average of the compute time per image
+SPEED_WEIGHT = 0.2
 
 
 @dataclass(frozen=True)
@@ -133,10 +142,11 @@ class InferenceEngine:
         torch_threads: int,
         policy: DegradePolicy | None = None,
         budgets: Sequence[float] = (),
+        shed_late: bool = True,
     ) -> None:
         """``budgets``: the levels' budgets, largest first, for the metrics' ``level`` label
         (default: ``1`` for a model of one level); ``policy``: graceful degradation (off when
-        ``None``)."""
+        ``None``); ``shed_late``: deadline-aware admission (module docstring)."""
         self._domains = {
             name: _Domain(
                 name,
@@ -163,6 +173,8 @@ class InferenceEngine:
             initargs=(torch_threads,),
         )
         self._compute_slot = asyncio.Lock()
+        self._shed_late = shed_late
+        self._seconds_per_image: float | None = None  # moving average over recent batches
         self._accepting = False
         self._stopping = False
 
@@ -228,6 +240,8 @@ class InferenceEngine:
             )
         loop = asyncio.get_running_loop()
         now = loop.time()
+        if self._shed_late and self._seconds_per_image is not None:
+            self._admit_by_deadline(domain, len(images), deadline - now)
         items = [_Item(image, loop.create_future(), now, deadline) for image in images]
         queue.items.extend(items)
         state.live += len(items)
@@ -256,6 +270,20 @@ class InferenceEngine:
             if gone:
                 state.live -= gone
                 state.series.queue_depth.set(state.live)
+
+    def _admit_by_deadline(self, domain: str, count: int, left_s: float) -> None:
+        """Raise ``WouldMissDeadline`` if ``count`` more images, behind every live queued one,
+        would be computed later than ``left_s`` from now at the recent time per image."""
+        assert self._seconds_per_image is not None
+        ahead = sum(state.live for state in self._domains.values())
+        expected_s = (ahead + count) * self._seconds_per_image
+        if expected_s > left_s:
+            raise WouldMissDeadline(
+                f"{ahead} images are queued ahead; at the recent "
+                f"{self._seconds_per_image * 1000:.2f} ms per image this request of domain "
+                f"{domain!r} would finish in about {expected_s * 1000:.0f} ms, after its "
+                f"deadline ({max(left_s, 0.0) * 1000:.0f} ms left); retry later"
+            )
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new work, let the workers finish what is queued (at most ``grace_s``), then
@@ -381,7 +409,13 @@ class InferenceEngine:
                     failure.__cause__ = exc
                     item.future.set_exception(failure)
             return
-        state.series.batch_compute.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        state.series.batch_compute.observe(elapsed)
+        per_image = elapsed / len(live)
+        previous = self._seconds_per_image
+        self._seconds_per_image = (
+            per_image if previous is None else previous + SPEED_WEIGHT * (per_image - previous)
+        )
         state.series.batch_size.observe(len(live))
         state.level_images[level].inc(len(live))
         for item, row in zip(live, probabilities, strict=True):

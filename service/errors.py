@@ -31,6 +31,7 @@ __all__ = [
     "UnknownDomain",
     "UnknownLevel",
     "UnsupportedMediaType",
+    "WouldMissDeadline",
     "error_response",
 ]
 
@@ -111,6 +112,13 @@ class InFlightLimit(Overloaded):
     the body is read."""
 
     reason = "in_flight"
+
+
+class WouldMissDeadline(Overloaded):
+    """The images queued ahead of a request, at the recent compute time per image, would not
+    be computed before its deadline: refused at once instead of timing out (504) later."""
+
+    reason = "would_miss_deadline"
 
 
 class DecodeQueueFull(Overloaded):

@@ -64,6 +64,7 @@ async def warm_up(
         max_wait_ms=settings.max_wait_ms,
         queue_size=settings.queue_size,
         torch_threads=settings.torch_threads,
+        shed_late=settings.shed_late,
         policy=DegradePolicy(
             len(budgets),
             settings.request_timeout_s,

@@ -90,6 +90,12 @@ class ServiceSettings(BaseSettings):
     request_timeout_s: float = Field(
         default=10.0, gt=0, le=3600, description="Per-request deadline."
     )
+    shed_late: bool = Field(
+        default=True,
+        description="Deadline-aware admission (on/off): refuse at once (429) a request whose "
+        "images, behind those already queued, would at the recent compute time per image "
+        "finish after its deadline, instead of queueing it to time out (504).",
+    )
     degrade: bool = Field(
         default=False,
         description="Graceful degradation (on/off): under load, batches run at a cheaper "

@@ -1,6 +1,7 @@
 """``bench/budget_grid.py`` end to end at a tiny scale: two protocols (the held-out one adapts
 a backbone to a domain it never saw), two seeds, the report's mean ± std and S-score from
-counted weights, and a grid that continues where an interrupted one stopped."""
+counted weights, a grid that continues where an interrupted one stopped, and nested runs
+(``--nested``) next to the runs trained alone."""
 
 from __future__ import annotations
 
@@ -22,16 +23,22 @@ ROOT = Path(__file__).resolve().parents[2]
 def grid(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """The grid at the smallest scale; budget 1.0, so that no projection (and no fine-tuning
     after it) adds steps."""
+    return run_grid(
+        tmp_path,
+        "--seeds", "0", "1", "--protocol", "same-domain", "held-out", "--budgets", "1.0", *extra
+    )  # fmt: skip
+
+
+def run_grid(tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """The grid at tiny widths and steps; ``options`` come last (a later option wins)."""
     command = [
-        sys.executable, str(ROOT / "bench" / "budget_grid.py"),
-        "--seeds", "0", "1", "--protocol", "same-domain", "held-out",
-        "--budgets", "1.0", "--sharing", "union",
+        sys.executable, str(ROOT / "bench" / "budget_grid.py"), "--sharing", "union",
         "--steps", "3", "--pretrain-steps", "3", "--reference-steps", "2",
         "--width", "0.125", "--image-size", "16", "--channel-group", "4",
         "--same-domain-domains", "embedded:digits", "embedded:faces",
         "--source-domains", "embedded:digits", "--target-domains", "embedded:faces",
         "--scratch", str(tmp_path / "scratch"), "--cache-dir", str(tmp_path / "cache"),
-        "--out", str(tmp_path / "results" / "grid"), *extra,
+        "--out", str(tmp_path / "results" / "grid"), *options,
     ]  # fmt: skip
     env = {**os.environ, "MDP_TORCH_THREADS": "1"}
     return subprocess.run(
@@ -93,3 +100,63 @@ def test_grid_over_seeds_and_protocols_resumes_and_counts(tmp_path: Path) -> Non
     assert backbone["params_fraction"] > 1.0  # every BN set and head of its two domains
     assert references[("held-out", "alone")]["params_fraction"] > 1.0
     assert report["plots"]["score_vs_params"] == "score_vs_params.png"
+
+
+def nested_grid(tmp_path: Path, *budgets: str) -> subprocess.CompletedProcess[str]:
+    """One protocol and seed, a nested run over two budgets next to a run at each budget."""
+    return run_grid(
+        tmp_path, "--seeds", "0", "--protocol", "held-out", "--budgets", *budgets, "--nested"
+    )
+
+
+def test_grid_nested_runs_next_to_runs_trained_alone(tmp_path: Path) -> None:
+    refused = nested_grid(tmp_path, "1.0")
+    assert refused.returncode == 2 and "--nested needs at least two different --budgets" in (
+        refused.stderr
+    )
+    assert not (tmp_path / "scratch").exists() and not (tmp_path / "results").exists()
+
+    done = nested_grid(tmp_path, "1.0", "0.75")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "results" / "grid.json").read_text())
+    rows = result["grid"]
+    nested = [r for r in rows if r.get("nested")]
+    assert len(nested) == 1 and len(rows) == 3
+    row = nested[0]
+    assert (row["protocol"], row["seed"], row["sharing"], row["budget"]) == (
+        "held-out", 0, "union", 1.0
+    )  # fmt: skip
+    assert [level["budget"] for level in row["levels"]] == [1.0, 0.75]
+    assert all(set(level["test_accuracy"]) == {"faces"} for level in row["levels"])
+    assert row["weights_shapes"] and row["manifest"]["levels"] and row["wall_time_s"] > 0
+    for domain in row["manifest"]["domains"]:  # every lower level within the one above
+        top, low = (level["channels"] for level in domain["levels"])
+        assert all(set(b) <= set(a) for a, b in zip(top, low, strict=True))
+        assert sum(map(len, low)) < sum(map(len, top))
+    markdown = (tmp_path / "results" / "grid.md").read_text()
+    assert "## Nested levels vs trained alone" in markdown
+    assert "| held-out | union | both | 0.75 | 0 |" in markdown
+    assert "0.75: `grid/s0-b0.75-union`" in markdown  # the run it replaces, for the size
+
+    # a second invocation reuses every run: nothing is trained or exported again
+    weights = tmp_path / "scratch" / "held-out" / "store" / "grid"
+    written = {p: p.stat().st_mtime_ns for p in weights.glob("*/weights.safetensors")}
+    assert len(written) == 3
+    again = nested_grid(tmp_path, "1.0", "0.75")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done before, reused") == 3
+    assert {p: p.stat().st_mtime_ns for p in weights.glob("*/weights.safetensors")} == written
+    assert json.loads((tmp_path / "results" / "grid.json").read_text())["grid"] == rows
+
+    # the report: the nested run is not a budget-1.0 run of the settings; its plot and table
+    report = build_report([tmp_path / "results" / "grid.json"], tmp_path / "report")
+    settings = {(s["budget"], s["sharing"]): s["seeds"] for s in report["settings"]}
+    assert settings == {(1.0, "union"): [0], (0.75, "union"): [0]}
+    assert [(r["budget"], r["alone_runs"]) for r in report["nested"]] == [
+        (1.0, ["grid/s0-b1-union"]),
+        (0.75, ["grid/s0-b0.75-union"]),
+    ]
+    assert report["nested_sizes"][0]["smaller"] is True
+    assert report["plots"]["nested_accuracy_vs_budget"] == "nested_accuracy_vs_budget.png"
+    assert (tmp_path / "report" / "nested_accuracy_vs_budget.png").stat().st_size > 1000
+    assert "## Nested levels vs trained alone" in (tmp_path / "report" / "report.md").read_text()

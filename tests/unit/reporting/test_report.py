@@ -490,9 +490,15 @@ def test_nested_levels_are_plotted_next_to_models_trained_alone(
     rows = {row["budget"]: row for row in report["nested"]}
     assert set(rows) == {1.0, 0.5}
     assert rows[0.5]["nested_mean_test_accuracy"] == pytest.approx(0.72)
-    assert rows[0.5]["alone_mean_test_accuracy"] == pytest.approx(0.75)  # the best alone
-    assert rows[0.5]["difference"] == pytest.approx(-0.03)
+    # the run of the same sharing variant (none: 0.7), not the best of all (union: 0.75)
+    assert rows[0.5]["alone_mean_test_accuracy"] == pytest.approx(0.7)
+    assert rows[0.5]["alone_runs"] == ["fake/b05-none"]
+    assert rows[0.5]["difference"] == pytest.approx(0.02)
     assert rows[1.0]["alone_mean_test_accuracy"] == pytest.approx(0.8)
+    # the nested run (budget 1.0, none) is not one of the budget-1.0 runs of the run table
+    assert report["settings"] == []  # artifact folders: no seeds, no settings over seeds
+    sizes = report["nested_sizes"]
+    assert [s["alone_runs"] for s in sizes] == [{"1": "fake/b1", "0.5": "fake/b05-none"}]
     assert report["plots"]["nested_accuracy_vs_budget"] == "nested_accuracy_vs_budget.png"
     assert_png(out / "nested_accuracy_vs_budget.png")
     markdown = (out / "report.md").read_text()
@@ -501,3 +507,160 @@ def test_nested_levels_are_plotted_next_to_models_trained_alone(
     # without a nested run there is no such plot or table
     plain = build_report([store / "fake" / "b1"], tmp_path / "plain")
     assert plain["nested"] == [] and "nested_accuracy_vs_budget" not in plain["plots"]
+
+
+def nested_manifest(version: str, sharing: str, levels: dict[float, tuple[float, float, float]]):
+    """A nested manifest (levels largest first) whose largest level is ``fake_manifest``'s at
+    budget 1.0, each level's mean and per-domain test accuracy recorded as the exporter does."""
+    budgets = sorted(levels, reverse=True)
+    manifest = fake_manifest(version, budgets[0], sharing, levels[budgets[0]])
+    manifest["budgets"] = budgets
+    manifest["levels"] = [{"budget": b, "mean_test_accuracy": sum(levels[b]) / 3} for b in budgets]
+    for k, domain in enumerate(manifest["domains"]):
+        domain["levels"] = [{"budget": b, "test_accuracy": levels[b][k]} for b in budgets]
+    return manifest
+
+
+def nested_shapes(manifest: dict[str, Any]) -> dict[str, list[int]]:
+    """``artifact_shapes`` plus every lower level's BatchNorm tensors (``levels.<j>.<k>.*``)."""
+    shapes = {n: list(s) for n, s in artifact_shapes(manifest).items()}
+    for j in range(1, len(manifest["budgets"])):
+        for name, shape in list(shapes.items()):
+            if name.startswith("domains.") and ".head." not in name:
+                _, k, rest = name.split(".", 2)
+                shapes[f"levels.{j}.{k}.{rest}"] = shape
+    return shapes
+
+
+def grid_row(manifest: dict[str, Any], protocol: str, seed: int) -> dict[str, Any]:
+    nested = "levels" in manifest
+    shapes = nested_shapes(manifest) if nested else artifact_shapes(manifest)
+    row: dict[str, Any] = {
+        "artifact": f"gone/fake/{manifest['version']}",
+        "protocol": protocol,
+        "seed": seed,
+        "budget": manifest["budget"],
+        "sharing": manifest["sharing"]["variant"],
+        "manifest": manifest,
+        "weights_shapes": {n: list(s) for n, s in shapes.items()},
+    }
+    if nested:
+        row["nested"] = True
+    return row
+
+
+def fp32(shapes: dict[str, Any]) -> int:
+    return 4 * sum(int(np.prod(s)) for s in shapes.values())
+
+
+def test_grid_nested_levels_compare_same_protocol_seed_and_sharing(tmp_path: Path) -> None:
+    held = [
+        fake_manifest("s0-b1-union", 1.0, "union", (0.9, 0.8, 0.7)),
+        fake_manifest("s0-b05-union", 0.5, "union", (0.8, 0.7, 0.6)),
+        fake_manifest("s0-b05-none", 0.5, "none", (0.95, 0.95, 0.95)),  # best of all at 0.5
+        nested_manifest("s0-nested-union", "union", {1.0: (0.9, 0.8, 0.72), 0.5: (0.8, 0.7, 0.63)}),
+        fake_manifest("s1-b1-union", 1.0, "union", (0.88, 0.8, 0.7)),
+        fake_manifest("s1-b05-union", 0.5, "union", (0.78, 0.7, 0.6)),
+        nested_manifest("s1-nested-union", "union", {1.0: (0.88, 0.8, 0.7), 0.5: (0.7, 0.6, 0.5)}),
+    ]
+    rows = [grid_row(m, "held-out", int(m["version"][1])) for m in held]
+    # the other protocol's run at 0.5 (seed 0, union) is better still: not compared either
+    rows.append(
+        grid_row(fake_manifest("s0-b05-union-sd", 0.5, "union", (1.0, 1.0, 1.0)), "same-domain", 0)
+    )
+    grid_file = tmp_path / "grid.json"
+    grid_file.write_text(json.dumps({"grid": rows}))
+    out = tmp_path / "report"
+    report = build_report([grid_file], out)
+
+    by_level = {(r["seed"], r["budget"]): r for r in report["nested"]}
+    assert set(by_level) == {(0, 1.0), (0, 0.5), (1, 1.0), (1, 0.5)}
+    assert by_level[(0, 0.5)]["alone_runs"] == ["fake/s0-b05-union"]
+    assert by_level[(0, 0.5)]["alone_mean_test_accuracy"] == pytest.approx(0.7)
+    assert by_level[(0, 0.5)]["difference"] == pytest.approx(0.71 - 0.7)
+    assert by_level[(1, 0.5)]["alone_mean_test_accuracy"] == pytest.approx(2.08 / 3)
+    assert by_level[(1, 0.5)]["nested_test_accuracy"] == {
+        "alpha": 0.7,
+        "beta": 0.6,
+        "gamma": 0.5,
+    }
+
+    # over seeds: mean ± std of the nested, the alone and the per-seed differences (points)
+    levels = {r["budget"]: r for r in report["nested_levels"]}
+    low = levels[0.5]
+    assert (low["protocol"], low["sharing"], low["seeds"]) == ("held-out", "union", [0, 1])
+    differences = [100 * (0.71 - 0.7), 100 * (0.6 - 2.08 / 3)]
+    assert low["difference_points"]["mean"] == pytest.approx(np.mean(differences))
+    assert low["difference_points"]["std"] == pytest.approx(np.std(differences, ddof=1))
+    assert low["nested_mean_test_accuracy"]["mean"] == pytest.approx((0.71 + 0.6) / 2)
+    assert low["alone_mean_test_accuracy"]["mean"] == pytest.approx((0.7 + 2.08 / 3) / 2)
+    assert low["within_tolerance"] is False
+    assert levels[1.0]["within_tolerance"] is True
+
+    # nested runs are not averaged into the one-budget settings
+    settings = {(s["protocol"], s["budget"], s["sharing"]): s for s in report["settings"]}
+    full = settings[("held-out", 1.0, "union")]
+    assert full["seeds"] == [0, 1]
+    assert full["mean_test_accuracy"]["mean"] == pytest.approx((0.8 + 2.38 / 3) / 2)
+
+    # sizes: every tensor at 4 bytes, the nested artifact against the alone ones it replaces
+    sizes = {s["seed"]: s for s in report["nested_sizes"]}
+    assert sizes[0]["alone_runs"] == {"1": "fake/s0-b1-union", "0.5": "fake/s0-b05-union"}
+    nested_bytes = fp32(rows[3]["weights_shapes"])
+    summed = fp32(rows[0]["weights_shapes"]) + fp32(rows[1]["weights_shapes"])
+    assert sizes[0]["nested_weight_bytes"] == nested_bytes
+    assert sizes[0]["alone_weight_bytes_sum"] == summed
+    assert sizes[0]["smaller"] is (nested_bytes < summed) is True
+    nested_row = next(r for r in report["rows"] if r["version"] == "s0-nested-union")
+    assert nested_row["nested"] and nested_row["compact_params_fraction"] is not None
+
+    assert_png(out / "nested_accuracy_vs_budget.png")
+    markdown = (out / "report.md").read_text()
+    assert "## Nested levels vs trained alone" in markdown
+    assert "| held-out | union | both | 0.5 | 0,1 |" in markdown and "**no**" in markdown
+    assert "| nested 1, 0.5 |" in markdown
+
+
+def with_history(manifest: dict[str, Any], final_cost: float) -> dict[str, Any]:
+    """``manifest`` with a three-row ``training.history`` whose costs fall to ``final_cost``."""
+    costs = [1.0, (1.0 + final_cost) / 2, final_cost]
+    manifest["training"]["history"] = {
+        "every": 5,
+        "step": [5, 10, 15],
+        "ce": [1.2, 0.8, 0.5],
+        "accuracy": [0.5, 0.7, 0.8],
+        "sharing_loss": [1.0, 0.7, 0.5],
+        "sharing_weight": [5.0, 5.0, 5.0],
+        "budget_penalty": [0.3, 0.1, 0.0],
+        "target": {name: [0.9, 0.7, 0.5] for name in DOMAINS},
+        "cost": {
+            "macs": {name: [c - 0.01 * k for c in costs] for k, name in enumerate(DOMAINS)},
+            "params": {name: [c - 0.02 for c in costs] for name in DOMAINS},
+        },
+    }
+    return manifest
+
+
+def test_the_training_history_is_plotted(tmp_path: Path) -> None:
+    from reporting.inputs import run_from_manifest
+    from reporting.plots import _history_curves
+
+    store = tmp_path / "store"
+    for version, sharing, final in (("u", "union", 0.45), ("n", "none", 0.5)):
+        write_manifest(
+            store, with_history(fake_manifest(version, 0.5, sharing, (0.8, 0.7, 0.6)), final)
+        )
+    write_manifest(store, fake_manifest("b1", 1.0, "none", (0.9, 0.8, 0.7)))  # no history
+    out = tmp_path / "out"
+    report = build_report([store], out)
+    assert report["plots"]["training_history"] == "training_history.png"
+    assert_png(out / "training_history.png")
+    assert "](training_history.png)" in (out / "report.md").read_text()
+    manifest = json.loads((store / "fake" / "u" / "manifest.json").read_text())
+    curves = _history_curves(run_from_manifest(manifest, "u"))
+    assert curves["cost:macs"] == pytest.approx([1.0, 0.725, 0.45])  # largest over domains
+    assert curves["target"] == [0.9, 0.7, 0.5] and curves["ce"] == [1.2, 0.8, 0.5]
+    # runs without a recorded history: no such plot
+    plain = build_report([store / "fake" / "b1"], tmp_path / "plain")
+    assert plain["plots"]["training_history"] is None
+    assert "training_history.png" not in (tmp_path / "plain" / "report.md").read_text()

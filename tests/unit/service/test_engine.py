@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from service.engine import DomainModel, InferenceEngine
-from service.errors import DeadlineExceeded, NotReady, Overloaded
+from service.errors import DeadlineExceeded, NotReady, Overloaded, WouldMissDeadline
 from service.metrics import ServiceMetrics
 
 SHAPE = (3, 4, 4)
@@ -262,6 +263,53 @@ def test_requests_before_start_are_refused() -> None:
         engine, _ = make_engine(Recorder())
         with pytest.raises(NotReady):
             await engine.predict("a", [image(1)], deadline())
+        await engine.stop(1)
+
+    run(scenario)
+
+
+class Slow(nn.Module):
+    """Takes ``seconds`` per forward pass (on the compute thread)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: Tensor) -> Tensor:
+        time.sleep(self.seconds)
+        return torch.zeros(x.shape[0], 2)
+
+
+@pytest.mark.parametrize("shed_late", [True, False], ids=["shed-late", "queue-until-full"])
+def test_a_request_the_queue_would_push_past_its_deadline_is_refused_at_once(
+    shed_late: bool,
+) -> None:
+    async def scenario() -> None:
+        metrics = ServiceMetrics()
+        metrics.set_model("m", "v", "0.5", "union", ["a"])
+        engine = InferenceEngine(
+            {"a": DomainModel(Slow(0.1), SHAPE)},
+            metrics,
+            max_batch_size=1,
+            max_wait_ms=0,
+            queue_size=64,
+            torch_threads=1,
+            shed_late=shed_late,
+        )
+        await engine.start()
+        await engine.predict("a", [image(1)], deadline())  # the first speed: 0.1 s per image
+        ahead = [asyncio.create_task(engine.predict("a", [image(2)], deadline())) for _ in "abcd"]
+        await asyncio.sleep(0)  # queued: at least 3 images ahead, 0.3 s or more of work
+        started = time.perf_counter()
+        if shed_late:
+            with pytest.raises(WouldMissDeadline, match="images are queued ahead"):
+                await engine.predict("a", [image(3)], deadline(0.25))
+            assert time.perf_counter() - started < 0.05  # at once, not at the deadline
+        else:
+            with pytest.raises(DeadlineExceeded):
+                await engine.predict("a", [image(3)], deadline(0.25))
+        await asyncio.gather(*ahead)  # the accepted requests are all answered
+        await engine.predict("a", [image(4)], deadline(0.5))  # nothing ahead: within reach
         await engine.stop(1)
 
     run(scenario)
