@@ -189,10 +189,15 @@ class ServedDomain:
         for index, served in enumerate(self.budgets):
             if abs(served - budget) < 1e-9:
                 return index
-        levels = ", ".join(level_label(b) for b in self.budgets)
         raise UnknownLevelError(
-            f"domain {self.name!r} serves no budget level {budget:g}; its levels are {levels}"
+            f"domain {self.name!r} serves no budget level {budget:g}; "
+            f"its levels are {self.level_labels}"
         )
+
+    @property
+    def level_labels(self) -> str:
+        """The budget levels served, largest first, as text: ``1, 0.5, 0.25``."""
+        return ", ".join(level_label(b) for b in self.budgets)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -5,8 +5,9 @@ service's terms (decode: ``preprocess``; encode: ``encode``/``encode_batch``; pr
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,6 @@ from multidomain.serving import (
     ServedDomain,
     UnknownDomainError,
     UnknownLevelError,
-    level_label,
 )
 from multidomain.store import resolve_artifact
 from service.engine import Answer, DomainModel
@@ -95,24 +95,41 @@ class ServedModel(ServedArtifact):
             ],
         )
 
-    def level(self, domain: ServedDomain, budget: str | None) -> int:
-        """The level a request names (``?budget=`` or ``X-Budget``; ``None``: the largest);
-        ``UnknownLevel`` (422) listing the domain's levels otherwise."""
+    def level(self, domain: ServedDomain, budget: object) -> int:
+        """The level a request names (``?budget=``, ``X-Budget`` or a parameter; ``None``: the
+        largest); ``UnknownLevel`` (422) listing the domain's levels otherwise."""
         if budget is None:
             return 0
-        try:
+        value = math.nan
+        if isinstance(budget, str):
+            with contextlib.suppress(ValueError):
+                value = float(budget)
+        elif isinstance(budget, int | float) and not isinstance(budget, bool):
             value = float(budget)
-        except ValueError:
-            value = math.nan
         try:
             if not math.isfinite(value):
                 raise UnknownLevelError(
                     f"budget {budget!r} is not a number; the levels of domain {domain.name!r} "
-                    f"are {', '.join(level_label(b) for b in domain.budgets)}"
+                    f"are {domain.level_labels}"
                 )
             return domain.level(value)
         except UnknownLevelError as exc:
             raise UnknownLevel(str(exc)) from None
+
+    def requested_level(self, domain: ServedDomain, named: Mapping[str, object]) -> int:
+        """The level a request names in any of several places (where -> value, ``None``: not
+        given): the largest when none names one; ``UnknownLevel`` (422) when one names no level
+        of the domain, or two name different levels."""
+        given = {
+            where: self.level(domain, value) for where, value in named.items() if value is not None
+        }
+        if len(set(given.values())) > 1:
+            both = " and ".join(f"{where} {named[where]!r}" for where in given)
+            raise UnknownLevel(
+                f"the request names two different budget levels, {both}; name one level of "
+                f"domain {domain.name!r}: {domain.level_labels}"
+            )
+        return next(iter(given.values()), 0)
 
     @property
     def budgets(self) -> list[float]:

@@ -7,7 +7,9 @@ artifact's version. ``infer`` takes one input, encoded images (PNG, JPEG, ...) a
 shape ``[N]`` or ``[N, 1]``, in the binary tensor data extension or as base64 strings in JSON
 ``data``; it answers the top-k classes of each image as ``labels`` (BYTES ``[N, k]``),
 ``probabilities`` (FP32 ``[N, k]``) and ``indices`` (INT64 ``[N, k]``), in JSON or binary as
-requested. ``top_k`` is a request parameter (default ``MDP_DEFAULT_TOP_K``). A request runs the
+requested. ``top_k`` is a request parameter (default ``MDP_DEFAULT_TOP_K``); ``budget`` (or the
+``X-Budget`` header) names a nested artifact's level, and the response's ``budget`` parameter
+and ``X-Budget`` header the one that answered. A request runs the
 same steps as ``/v1`` batch predictions (decode, micro-batched predict, encode) behind the same
 admission, authentication and metrics; errors are ``{"error": "<message>"}``.
 """
@@ -26,7 +28,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from multidomain import __version__
-from multidomain.serving import ServedDomain
+from multidomain.serving import ServedDomain, level_label
 from service.errors import MalformedRequest, TooManyImages, UnknownDomain
 from service.inputs import read_body
 from service.model import ServedModel
@@ -91,6 +93,8 @@ async def model_metadata(state: State, model_name: str, model_version: str = "")
                 "num_classes": served.entry.num_classes,
                 "image_size": served.entry.image_size,
                 "default_top_k": state.settings.default_top_k,
+                # parameter values are scalars in the protocol: the levels as text
+                "budgets": served.level_labels,
             },
         }
     )
@@ -114,7 +118,8 @@ async def infer(
 ) -> Response:
     _served(state, model_name, model_version)
     model, served, deadline, body_deadline = _begin(state, model_name)
-    level = model.level(served, request.headers.get("x-budget"))
+    header = request.headers.get("x-budget")
+    model.level(served, header)  # a bad header is answered before the body is read
     settings = state.settings
     reading = True
     try:
@@ -125,11 +130,16 @@ async def infer(
             parsed, binary_start = _parse_request(body, request.headers.get(HEADER_LENGTH))
             images = _input_images(parsed, body[binary_start:], settings.max_batch_images)
             top_k, outputs, binary_default = _answer_options(parsed, settings.default_top_k)
+            level = model.requested_level(
+                served,
+                {"header X-Budget": header, "parameter budget": _parameters(parsed).get("budget")},
+            )
             rows = await _infer(state, served, images, deadline, request.receive, level, batch=True)
     except TimeoutError:
         raise _timed_out(reading, body_deadline, deadline) from None
     answer = model.encode_batch(served, rows, top_k)
-    return _infer_response(model, served, parsed, answer, outputs, binary_default, top_k)
+    answered = served.budgets[max(row.level for row in rows)]  # the cheapest that answered
+    return _infer_response(model, served, parsed, answer, outputs, binary_default, top_k, answered)
 
 
 def _served(state: Any, name: str, version: str) -> tuple[ServedModel, ServedDomain]:
@@ -244,14 +254,20 @@ def _binary_elements(data: bytes, size: Any, count: int, where: str) -> list[byt
     return elements
 
 
+def _parameters(parsed: dict[str, Any]) -> dict[str, Any]:
+    """The request's ``parameters`` (none: empty)."""
+    parameters = parsed.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise MalformedRequest("'parameters' must be a JSON object")
+    return parameters
+
+
 def _answer_options(
     parsed: dict[str, Any], default_top_k: int
 ) -> tuple[int, dict[str, bool], bool]:
     """``top_k``, the requested outputs (name -> binary) and whether unrequested outputs are
     answered in binary."""
-    parameters = parsed.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise MalformedRequest("'parameters' must be a JSON object")
+    parameters = _parameters(parsed)
     top_k = parameters.get("top_k", default_top_k)
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         raise MalformedRequest(f"parameter top_k must be an integer >= 1, got {top_k!r}")
@@ -280,7 +296,10 @@ def _infer_response(
     outputs: dict[str, bool],
     binary_default: bool,
     top_k: int,
+    budget: float,
 ) -> Response:
+    """The inference response; ``budget``, the level that answered (a batch's cheapest), is
+    a response parameter and the ``X-Budget`` header, as for ``/v1``."""
     k = min(top_k, served.entry.num_classes)
     ranked = [item.predictions for item in answer.results]
     values: dict[str, list[list[Any]]] = {
@@ -303,18 +322,19 @@ def _infer_response(
     body: dict[str, Any] = {
         "model_name": served.name,
         "model_version": answer.version,
-        "parameters": {"model": model.name, "top_k": top_k},
+        "parameters": {"model": model.name, "top_k": top_k, "budget": budget},
         "outputs": tensors,
     }
     if isinstance(parsed.get("id"), str):
         body["id"] = parsed["id"]
     header = json.dumps(body, separators=(",", ":")).encode()
+    level = {"X-Budget": level_label(budget)}
     if not chunks:
-        return Response(header, media_type="application/json")
+        return Response(header, media_type="application/json", headers=level)
     return Response(
         b"".join([header, *chunks]),
         media_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(len(header))},
+        headers={HEADER_LENGTH: str(len(header)), **level},
     )
 
 

@@ -68,8 +68,9 @@ Budget = Annotated[
     str | None,
     Query(
         description="The budget level to answer at (a nested artifact's, e.g. 0.5; also the "
-        "X-Budget header). Default: the largest. Graceful degradation may answer at a cheaper "
-        "level; the response's budget field and X-Budget header name the one that answered.",
+        "X-Budget header; both given must name the same level). Default: the largest. Graceful "
+        "degradation may answer at a cheaper level; the response's budget field and X-Budget "
+        "header name the one that answered.",
     ),
 ]
 
@@ -143,7 +144,7 @@ class _PredictRoute(APIRoute):
                     raise RequestValidationError(
                         [{**error, "loc": ("query", "top_k")} for error in exc.errors()]
                     ) from None
-            budget = request.query_params.get("budget", request.headers.get("x-budget"))
+            budget = request.query_params.get("budget")
             if budget is not None:
                 options["budget"] = budget
             response: Response = await endpoint(
@@ -180,7 +181,7 @@ async def predict(
     domain: str, request: Request, state: State, top_k: TopK = None, budget: Budget = None
 ) -> Response:
     model, served, deadline, body_deadline = _begin(state, domain)
-    level = model.level(served, budget)
+    level = _requested_level(model, served, request, budget)
     reading = True
     try:
         async with asyncio.timeout_at(min(body_deadline, deadline)) as timeout:
@@ -210,7 +211,7 @@ async def predict_batch(
     domain: str, request: Request, state: State, top_k: TopK = None, budget: Budget = None
 ) -> Response:
     model, served, deadline, body_deadline = _begin(state, domain)
-    level = model.level(served, budget)
+    level = _requested_level(model, served, request, budget)
     settings = state.settings
     reading = True
     try:
@@ -292,6 +293,15 @@ def _begin(state: ServiceState, domain: str) -> tuple[ServedModel, ServedDomain,
     settings = state.settings
     deadline = now + settings.request_timeout_s
     return model, model.domain(domain), deadline, now + settings.body_timeout_s
+
+
+def _requested_level(
+    model: ServedModel, served: ServedDomain, request: Request, budget: str | None
+) -> int:
+    """The level ``?budget=`` or the ``X-Budget`` header names (both: the same one)."""
+    return model.requested_level(
+        served, {"query budget": budget, "header X-Budget": request.headers.get("x-budget")}
+    )
 
 
 def _timed_out(reading: bool, body_deadline: float, deadline: float) -> Exception:

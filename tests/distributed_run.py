@@ -8,8 +8,11 @@ first class: all samples of a batch are then the same, so a rank's share of a ba
 exactly what the whole batch computes (BatchNorm statistics and their gradients included), and
 N processes must reproduce one process up to the order of floating-point sums.
 
+``--budgets 1.0 0.8 ...`` trains nested levels (``training.nested``) instead of one budget; the
+rank files then also hold every level's BatchNorm statistics (``level<j>.<name>``) and masks.
+
     python -m tests.distributed_run OUT [--pretrain-steps P] [--steps S] [--batch-size B]
-        [--data synthetic|uniform]
+        [--data synthetic|uniform] [--budgets B1 B2 ...]
     torchrun --nproc_per_node=N -m tests.distributed_run OUT ...
 """
 
@@ -26,6 +29,7 @@ from tests.unit.training.synthetic import ARCH, synthetic_domain
 from training.budget import BudgetConfig, train_budget_aware
 from training.common import evaluate
 from training.data import DomainData
+from training.nested import train_nested
 from training.pretrain import PretrainConfig, pretrain_backbone
 from training.runtime import Runtime
 
@@ -47,6 +51,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--data", choices=["synthetic", "uniform"], default="synthetic")
+    parser.add_argument("--budgets", type=float, nargs="+", default=())
     args = parser.parse_args()
     runtime = Runtime.from_environment("cpu")
     domains = _domains(args.data)
@@ -58,13 +63,17 @@ def main() -> None:
         finetune_steps=2,
         seed=3,
         channel_group=4,  # width 0.125: mid widths 8/16/32
+        levels=tuple(args.budgets),
     )
+    train = train_nested if config.levels else train_budget_aware
     with runtime.session():
         backbone = pretrain_backbone(domains, ARCH, pretrain, args.out / "backbone", None, runtime)
-        trained = train_budget_aware(domains, args.out / "backbone", config, runtime)
+        trained = train(domains, args.out / "backbone", config, runtime)
         accuracy = evaluate(trained.model, domains, "test", trained.domain_masks, runtime=runtime)
     tensors = {f"model.{k}": v for k, v in trained.model.state_dict().items()}
     tensors.update({f"scores.{b}": s.detach() for b, s in enumerate(trained.switches.scores)})
+    for j, level in enumerate(trained.levels):
+        tensors.update({f"level{j}.{name}": value for name, value in level.statistics.items()})
     save_file(
         {k: v.contiguous() for k, v in tensors.items()},
         str(args.out / f"rank{runtime.rank}.safetensors"),
@@ -76,6 +85,14 @@ def main() -> None:
         "masks": [m.int().tolist() for m in trained.masks],
         "projected_channels": trained.projected_channels,
         "test_accuracy": accuracy,
+        "levels": [
+            {
+                "budget": level.budget,
+                "masks": [m.int().tolist() for m in level.masks],
+                "shared_bn_test": level.shared_bn_test,
+            }
+            for level in trained.levels
+        ],
     }
     (args.out / f"rank{runtime.rank}.json").write_text(json.dumps(record))
 

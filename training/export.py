@@ -31,7 +31,7 @@ from multidomain.network import ResNet26
 from multidomain.preprocess import normalize_batch
 from multidomain.serving import ServingSettings
 from multidomain.stats import mean
-from training.budget import TrainedModel
+from training.budget import NestedLevel, TrainedModel
 from training.common import command_line, console, evaluate
 from training.data import iterate_eval
 from training.errors import RunError
@@ -168,6 +168,7 @@ def export_artifact(
     runtime = trained.runtime
     val = evaluate(model, domains, "val", trained.domain_masks, runtime=runtime)
     test = evaluate(model, domains, "test", trained.domain_masks, runtime=runtime)
+    level_accuracies = [_level_accuracies(trained, level) for level in trained.levels]
     if not runtime.is_main:
         return target, {}
     mean_test = mean(test.values())
@@ -275,7 +276,9 @@ def export_artifact(
     }
     level_tensors: list[list[dict[str, Tensor]]] = []
     if trained.levels:
-        level_entries, level_tensors, level_means = _nested_levels(trained, parts, timing)
+        level_entries, level_tensors, level_means = _nested_levels(
+            trained, parts, timing, level_accuracies
+        )
         for entry, levels in zip(entries, level_entries, strict=True):
             entry["levels"] = levels
         manifest["budgets"] = [level.budget for level in trained.levels]
@@ -308,26 +311,47 @@ def cost_fields(arch: ArchSpec, mids: Sequence[int], num_classes: int) -> dict[s
     }
 
 
+def _level_masks(trained: TrainedModel, level: NestedLevel) -> Callable[[int], list[Tensor]]:
+    """Domain ``k``'s masks at ``level``, on the training device."""
+
+    def masks_for(k: int) -> list[Tensor]:
+        return [m[k].float().to(trained.runtime.device) for m in level.masks]
+
+    return masks_for
+
+
+def _level_accuracies(
+    trained: TrainedModel, level: NestedLevel
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Validation and test accuracy per domain at ``level`` (its masks and BatchNorm
+    statistics). In a distributed run every rank evaluates its share: call it on every rank."""
+    model, domains, runtime = trained.model, trained.domains, trained.runtime
+    masks_for = _level_masks(trained, level)
+    with level_statistics(model, level):
+        val = evaluate(model, domains, "val", masks_for, runtime=runtime)
+        test = evaluate(model, domains, "test", masks_for, runtime=runtime)
+    return val, test
+
+
 def _nested_levels(
-    trained: TrainedModel, parts: CompactParts, timing: TimingConfig
+    trained: TrainedModel,
+    parts: CompactParts,
+    timing: TimingConfig,
+    accuracies: Sequence[tuple[dict[str, float], dict[str, float]]],
 ) -> tuple[list[list[dict[str, Any]]], list[list[dict[str, Tensor]]], list[dict[str, Any]]]:
     """Every nested level of every domain: its manifest entry (channels into the compact union,
-    costs checked against the level's budget, params, MACs, measured time, accuracy, compact
-    logits against the masked model's), the BatchNorm tensors of every level but the largest
-    (whose are the domain's own), and each level's mean accuracy."""
+    costs checked against the level's budget, params, MACs, measured time, ``accuracies``
+    (``_level_accuracies``, per level), compact logits against the masked model's), the
+    BatchNorm tensors of every level but the largest (whose are the domain's own), and each
+    level's mean accuracy. Rank 0 only."""
     model, arch, domains = trained.model, trained.model.arch, trained.domains
-    runtime, resolved = trained.runtime, trained.costs
+    resolved = trained.costs
     entries: list[list[dict[str, Any]]] = [[] for _ in domains]
     tensors: list[list[dict[str, Tensor]]] = []
     means = []
-    for j, level in enumerate(trained.levels):
-
-        def masks_for(k: int, masks: list[Tensor] = level.masks) -> list[Tensor]:
-            return [m[k].float().to(runtime.device) for m in masks]
-
+    for j, (level, (val, test)) in enumerate(zip(trained.levels, accuracies, strict=True)):
+        masks_for = _level_masks(trained, level)
         with level_statistics(model, level):
-            val = evaluate(model, domains, "val", masks_for, runtime=runtime)
-            test = evaluate(model, domains, "test", masks_for, runtime=runtime)
             own = prune_to_compact(model, trained.masks, level.masks)
             logit_diff = compact_logit_difference(trained, own, masks_for=masks_for)
         _, latency = measure_latency(trained, own, timing)

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from multidomain.arch import ArchSpec
-from tests.artifacts import TINY_DOMAINS, write_tiny_artifact
+from tests.artifacts import TINY_DOMAINS, write_tiny_artifact, write_tiny_nested_artifact
 
 pytestmark = pytest.mark.integration
 
@@ -94,12 +94,20 @@ class ServiceProcess:
 
 @contextmanager
 def service_process(
-    tmp_path: Path, arch: ArchSpec | None = None, ready: bool = True, **env: str
+    tmp_path: Path,
+    arch: ArchSpec | None = None,
+    ready: bool = True,
+    nested: bool = False,
+    **env: str,
 ) -> Iterator[ServiceProcess]:
-    """``python -m service`` on a free port serving a tiny artifact (of ``arch``), stopped on
-    exit; with ``ready``, once ``/readyz`` answers 200."""
+    """``python -m service`` on a free port serving a tiny artifact (of ``arch``; ``nested``:
+    with the budget levels of ``NESTED_BUDGETS``), stopped on exit; with ``ready``, once
+    ``/readyz`` answers 200."""
     store = tmp_path / "model_store"
-    write_tiny_artifact(store, arch=arch)
+    if nested:
+        write_tiny_nested_artifact(store, model_name="tiny", arch=arch)
+    else:
+        write_tiny_artifact(store, arch=arch)
     port = free_port()
     log = tmp_path / "service.log"
     command = [

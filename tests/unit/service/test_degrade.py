@@ -5,6 +5,7 @@ once even the cheapest level cannot keep up."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 import time
 from pathlib import Path
@@ -184,6 +185,39 @@ def test_the_cheapest_level_saturated_sheds_with_429_and_retry_after(
             assert response.headers["retry-after"] == "3"
         else:
             assert response.json()["budget"] == NESTED_BUDGETS[-1]
+
+
+def test_a_degraded_answer_names_the_level_that_computed_it_on_v1_and_v2(tmp_path: Path) -> None:
+    """With the policy one level down (and held there), a request for the largest level is
+    answered by the next one, and both APIs say so; a cheaper level asked for stays."""
+    write_tiny_nested_artifact(tmp_path)
+    settings = settings_for(tmp_path, model_name="nested", degrade=True, degrade_hold_ms=600_000)
+    app = create_app(settings)
+    image = base64.b64encode(PNG).decode()
+    tensor = {"name": "images", "datatype": "BYTES", "shape": [1], "data": [image]}
+
+    async def scenario() -> list[httpx.Response]:
+        async with serving(app) as client:
+            policy = app.state.service.engine.policy
+            # a queue delay of a whole deadline: one level down, held for the hold time
+            assert policy.observe(settings.request_timeout_s, asyncio.get_running_loop().time())
+            png = {"content-type": "image/png"}
+            cheapest = {"budget": NESTED_BUDGETS[-1]}
+            return [
+                await client.post("/v1/domains/shapes/predict", content=PNG, headers=png),
+                await client.post("/v2/models/shapes/infer", json={"inputs": [tensor]}),
+                await client.post(
+                    "/v2/models/shapes/infer", json={"inputs": [tensor], "parameters": cheapest}
+                ),
+            ]
+
+    v1, v2, v2_cheapest = asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    for response in (v1, v2, v2_cheapest):
+        assert response.status_code == 200, response.text
+    assert v1.json()["budget"] == v2.json()["parameters"]["budget"] == NESTED_BUDGETS[1]
+    assert v1.headers["x-budget"] == v2.headers["x-budget"] == f"{NESTED_BUDGETS[1]:g}"
+    assert v2_cheapest.json()["parameters"]["budget"] == NESTED_BUDGETS[-1]
+    assert v2_cheapest.headers["x-budget"] == f"{NESTED_BUDGETS[-1]:g}"
 
 
 def test_the_engine_refuses_a_full_queue_at_the_cheapest_level() -> None:

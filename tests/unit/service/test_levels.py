@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -118,6 +119,22 @@ def test_an_unknown_level_is_a_422_listing_the_levels(
         params={"budget": budget},
     )
     message = assert_error(response, 422, "unknown_level")
+    assert all(label in message for label in LABELS), message
+
+
+def test_query_and_header_must_name_the_same_level(nested_client: TestClient) -> None:
+    def ask(query: str, header: str) -> httpx.Response:
+        return nested_client.post(
+            "/v1/domains/shapes/predict",
+            content=PNG,
+            headers={"content-type": "image/png", "x-budget": header},
+            params={"budget": query},
+        )
+
+    same = ask(LABELS[1], f"{NESTED_BUDGETS[1]:.2f}")
+    assert same.status_code == 200 and same.json()["budget"] == NESTED_BUDGETS[1], same.text
+    message = assert_error(ask(LABELS[1], LABELS[2]), 422, "unknown_level")
+    assert f"query budget '{LABELS[1]}'" in message and f"header X-Budget '{LABELS[2]}'" in message
     assert all(label in message for label in LABELS), message
 
 
