@@ -177,6 +177,7 @@ def load(options: argparse.Namespace) -> None:
         "MDP_MAX_BATCH_SIZE": str(options.max_batch_size),
         "MDP_MAX_IN_FLIGHT": "4096",
         "MDP_MAX_IN_FLIGHT_PER_DOMAIN": "4096",
+        "MDP_MAX_CONNECTIONS": "4096",
         "MDP_MATERIALIZED_DOMAINS": "all",
         "MDP_LOG_LEVEL": "warning",
         "MDP_DEGRADE_HIGH": str(options.high),

@@ -378,8 +378,8 @@ def plot_costs(runs: Sequence[Run], path: Path) -> bool:
             average = sum(values) / len(values)
             xs.append(budget + style.offset)
             ys.append(average)
-            low.append(average - min(values))
-            high.append(max(values) - average)
+            low.append(max(0.0, average - min(values)))  # >= 0 despite rounding
+            high.append(max(0.0, max(values) - average))
         right.errorbar(
             xs,
             ys,
