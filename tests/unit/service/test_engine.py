@@ -41,7 +41,12 @@ class Recorder(nn.Module):
 
 
 def make_engine(
-    network: nn.Module, *, max_batch_size: int = 4, max_wait_ms: float = 1000, queue_size: int = 64
+    network: nn.Module,
+    *,
+    max_batch_size: int = 4,
+    max_wait_ms: float = 1000,
+    queue_size: int = 64,
+    shed_late: bool = True,
 ) -> tuple[InferenceEngine, ServiceMetrics]:
     metrics = ServiceMetrics()
     metrics.set_model("m", "v", "0.5", "union", ["a"])
@@ -52,6 +57,7 @@ def make_engine(
         max_wait_ms=max_wait_ms,
         queue_size=queue_size,
         torch_threads=1,
+        shed_late=shed_late,
     )
     return engine, metrics
 
@@ -285,17 +291,7 @@ def test_a_request_the_queue_would_push_past_its_deadline_is_refused_at_once(
     shed_late: bool,
 ) -> None:
     async def scenario() -> None:
-        metrics = ServiceMetrics()
-        metrics.set_model("m", "v", "0.5", "union", ["a"])
-        engine = InferenceEngine(
-            {"a": DomainModel(Slow(0.1), SHAPE)},
-            metrics,
-            max_batch_size=1,
-            max_wait_ms=0,
-            queue_size=64,
-            torch_threads=1,
-            shed_late=shed_late,
-        )
+        engine, _ = make_engine(Slow(0.1), max_batch_size=1, max_wait_ms=0, shed_late=shed_late)
         await engine.start()
         await engine.predict("a", [image(1)], deadline())  # the first speed: 0.1 s per image
         ahead = [asyncio.create_task(engine.predict("a", [image(2)], deadline())) for _ in "abcd"]
