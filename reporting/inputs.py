@@ -438,12 +438,14 @@ class _Collector:
             if found is not None and _is_manifest(manifest):
                 self.add_manifest(found, manifest, row, shapes)
                 continue
-            key = f"{path.resolve()}#{k}"
+            recorded = as_mapping(row.get("manifest"))
+            digest = recorded.get("weights_sha256")
+            # one run recorded by several grid files (a grid run in pieces) is counted once
+            key = f"{artifact}@{digest}" if artifact and digest else f"{path.resolve()}#{k}"
             if key in self.seen:
                 continue
             self.seen.add(key)
             source = f"{path} (grid row {k})"
-            recorded = as_mapping(row.get("manifest"))
             if _is_manifest(recorded):
                 self.runs.append(self._counted_run(recorded, path, None, row, shapes, source))
                 continue

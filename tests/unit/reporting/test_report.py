@@ -664,3 +664,24 @@ def test_the_training_history_is_plotted(tmp_path: Path) -> None:
     plain = build_report([store / "fake" / "b1"], tmp_path / "plain")
     assert plain["plots"]["training_history"] is None
     assert "training_history.png" not in (tmp_path / "plain" / "report.md").read_text()
+
+
+def test_a_run_in_several_grid_files_is_counted_once(store: Path, tmp_path: Path) -> None:
+    """A grid run in pieces records a shared run in each piece's file; without its folder the
+    run is known by its artifact path and weights digest."""
+    files = []
+    for name, versions in (("a", ["b1", "b05-union"]), ("b", ["b05-union", "b05-none"])):
+        grid = grid_of(store, versions, with_manifest=True)
+        for row in grid["grid"]:
+            row["manifest"]["weights_sha256"] = f"digest-of-{row['artifact']}"
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(grid))
+    report = build_report(files, tmp_path / "out")
+    assert sorted(row["version"] for row in report["rows"]) == ["b05-none", "b05-union", "b1"]
+    # the same path with other weights (a scratch folder trained again) is another run
+    again = grid_of(store, ["b05-union"], with_manifest=True)
+    again["grid"][0]["manifest"]["weights_sha256"] = "digest-of-another-training"
+    files.append(tmp_path / "c.json")
+    files[-1].write_text(json.dumps(again))
+    report = build_report(files, tmp_path / "out2")
+    assert [row["version"] for row in report["rows"]].count("b05-union") == 2
