@@ -215,14 +215,19 @@ def budget_run(
     domains: list[DomainData],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    config = BudgetConfig(
-        budget=budget,
+    config = run_config(args, seed, sharing, budget=budget)
+    return trained_run(scratch, protocol, f"s{seed}-b{budget:g}-{sharing}", config, domains)
+
+
+def run_config(args: argparse.Namespace, seed: int, sharing: str, **target: Any) -> BudgetConfig:
+    """A grid run's training settings; ``target``: its ``budget`` or nested ``levels``."""
+    return BudgetConfig(
         sharing=sharing,  # type: ignore[arg-type]
         steps=args.steps,
         channel_group=args.channel_group,
         seed=seed,
+        **target,
     )
-    return trained_run(scratch, protocol, f"s{seed}-b{budget:g}-{sharing}", config, domains)
 
 
 def nested_key(seed: int, levels: Sequence[float], sharing: str) -> str:
@@ -240,13 +245,7 @@ def nested_run(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """One run trained for every budget of ``--budgets`` at once (``training.nested``)."""
-    config = BudgetConfig(
-        levels=tuple(args.budgets),
-        sharing=sharing,  # type: ignore[arg-type]
-        steps=args.steps,
-        channel_group=args.channel_group,
-        seed=seed,
-    )
+    config = run_config(args, seed, sharing, levels=tuple(args.budgets))
     key = nested_key(seed, config.levels, sharing)
     return trained_run(scratch, protocol, key, config, domains)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from multidomain.stats import mean
 from reporting.inputs import Run, sharing_key
-from reporting.seeds import spread
+from reporting.seeds import spread, spread_json
 
 __all__ = ["TOLERANCE_POINTS", "nested_levels", "nested_rows", "nested_sizes"]
 
@@ -79,8 +79,7 @@ def nested_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
 
 
 def _as_json(values: Sequence[float | None], scale: float = 1.0) -> dict[str, Any] | None:
-    found = spread(None if v is None else v * scale for v in values)
-    return None if found is None else {"mean": found.mean, "std": found.std, "n": found.n}
+    return spread_json(spread(None if v is None else v * scale for v in values))
 
 
 def nested_levels(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

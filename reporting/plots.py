@@ -290,9 +290,10 @@ def plot_history(runs: Sequence[Run], budget: float, path: Path) -> bool:
         return False
     one_budget = len({r.budget for r in chosen}) == 1
     lines: dict[str, list[Run]] = {}
-    for run in sorted(chosen, key=lambda r: (r.protocol or "", sharing_key(r.sharing))):
-        label = _variant(run) if one_budget else f"{_variant(run)}, β={run.budget:g}"
-        lines.setdefault(label, []).append(run)
+    for variant, group in _by_sharing(chosen).items():
+        for run in group:
+            label = variant if one_budget else f"{variant}, β={run.budget:g}"
+            lines.setdefault(label, []).append(run)
     _agg()
     from matplotlib.figure import Figure
 
@@ -303,7 +304,6 @@ def plot_history(runs: Sequence[Run], budget: float, path: Path) -> bool:
         steps = _history(group[0])["step"]
         curves = [_history_curves(r) for r in group if _history(r)["step"] == steps]
         color = f"C{k % 10}"
-
         seeds = f" ({len(curves)} seeds)" if len(curves) > 1 else ""
         panels = [(ce_axes, "ce", "-", color, f"{label}{seeds}")]
         panels.append((sharing_axes, "sharing_loss", "-", color, f"{label}{seeds}"))

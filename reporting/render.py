@@ -8,7 +8,7 @@ from typing import Any
 
 from reporting.inputs import Reference, Run
 from reporting.nested import TOLERANCE_POINTS
-from reporting.seeds import Setting, Spread, spread
+from reporting.seeds import Setting, spread, spread_json
 
 __all__ = [
     "SETTINGS_LEGEND",
@@ -98,10 +98,6 @@ def reference_row(reference: Reference) -> dict[str, Any]:
     }
 
 
-def _spread_json(value: Spread | None) -> dict[str, Any] | None:
-    return None if value is None else {"mean": value.mean, "std": value.std, "n": value.n}
-
-
 def setting_row(setting: Setting, domains: list[str]) -> dict[str, Any]:
     """One setting over its seeds: every figure as mean, std and count."""
     return {
@@ -111,9 +107,9 @@ def setting_row(setting: Setting, domains: list[str]) -> dict[str, Any]:
         "budget_metric": setting.budget_metric,
         "sharing": setting.sharing,
         "seeds": setting.seeds,
-        "test_accuracy": {d: _spread_json(setting.domain_accuracy(d)) for d in domains},
+        "test_accuracy": {d: spread_json(setting.domain_accuracy(d)) for d in domains},
         **{
-            name: _spread_json(setting.figure(name))
+            name: spread_json(setting.figure(name))
             for name in (
                 "mean_test_accuracy",
                 "compact_params_fraction",
@@ -203,10 +199,11 @@ def render_table(
     return lines
 
 
-def _cell(value: Mapping[str, Any] | None, digits: int = 3) -> str:
+def _cell(value: Mapping[str, Any] | None, digits: int = 3, sign: str = "") -> str:
+    """``mean ± std`` (``mean`` alone with one value); ``sign="+"`` signs the mean."""
     if value is None:
         return "–"
-    text = f"{value['mean']:.{digits}f}"
+    text = f"{value['mean']:{sign}.{digits}f}"
     return text if value["std"] is None else f"{text} ± {value['std']:.{digits}f}"
 
 
@@ -250,7 +247,7 @@ def render_references(references: Sequence[Mapping[str, Any]]) -> list[str]:
     for (protocol, label), group in groups.items():
         seeds = ",".join(str(r["seed"]) for r in group if r.get("seed") is not None) or "–"
         cells = [
-            _cell(_spread_json(spread(r.get(field) for r in group)))
+            _cell(spread_json(spread(r.get(field) for r in group)))
             for field in ("mean_test_accuracy", "params_fraction", "max_macs_fraction")
         ]
         lines.append(f"| {protocol} | {label} | {seeds} | " + " | ".join(cells) + " |")
@@ -268,13 +265,6 @@ NESTED_LEGEND = (
     "levels' budgets (same protocol, seed, sharing) summed. Nested runs are not part of the "
     "settings above."
 )
-
-
-def _points(value: Mapping[str, Any] | None) -> str:
-    if value is None:
-        return "–"
-    text = f"{value['mean']:+.2f}"
-    return text if value["std"] is None else f"{text} ± {value['std']:.2f}"
 
 
 def _bytes(value: int | None) -> str:
@@ -303,7 +293,7 @@ def render_nested(
             f"| {level['protocol'] or '–'} | {level['sharing']} | {level['budget_metric'] or '–'} "
             f"| {level['budget']:g} | {seeds} | {_cell(level['nested_mean_test_accuracy'], 4)} "
             f"| {_cell(level['alone_mean_test_accuracy'], 4)} "
-            f"| {_points(level['difference_points'])} "
+            f"| {_cell(level['difference_points'], 2, sign='+')} "
             f"| {'–' if within is None else ('yes' if within else '**no**')} |"
         )
     lines += [

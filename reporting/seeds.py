@@ -14,6 +14,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from reporting.inputs import Run, sharing_key
 
@@ -26,6 +27,7 @@ __all__ = [
     "headline",
     "settings_of",
     "spread",
+    "spread_json",
 ]
 
 #: The README's headline claim: at this budget, with sharing, everything serving all domains
@@ -44,6 +46,11 @@ class Spread:
         if self.std is None:
             return f"{self.mean:.{digits}f}"
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+
+def spread_json(value: Spread | None) -> dict[str, Any] | None:
+    """A spread as the report's JSON: ``{mean, std, n}`` (``None`` stays ``None``)."""
+    return None if value is None else {"mean": value.mean, "std": value.std, "n": value.n}
 
 
 def spread(values: Iterable[float | None]) -> Spread | None:
