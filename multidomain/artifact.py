@@ -9,8 +9,9 @@ Tensor names in the weights file:
   index (``domains.0.blocks.3.bn1.weight``); ``bn1`` holds the domain's own channels only.
 
 * nested levels (``manifest["budgets"]``, largest first): level ``j >= 1`` of domain ``k`` has
-  its own BatchNorm tensors ``levels.<j>.<k>.<name>`` (``bn1`` with the level's channels only);
-  level 0 is the domain's own tensors; a level shares the domain's head.
+  its own BatchNorm tensors ``levels.<j>.<k>.<name>`` (``bn1`` with the level's channels only)
+  and, when ``manifest["level_state"]`` is ``"private"``, its own head (``levels.<j>.<k>.head.*``;
+  otherwise it shares the domain's); level 0 is the domain's own tensors.
 
 Each domain lists, per block, the indices (into the compact union) of the mid channels it uses;
 a nested artifact's domain also lists every level's (``levels[j]["channels"]``), each level's
@@ -412,7 +413,7 @@ def _parse_levels(
 
 
 def _expected_shapes(
-    arch: ArchSpec, union: list[int], domains: list[DomainEntry]
+    arch: ArchSpec, union: list[int], domains: list[DomainEntry], level_heads: bool
 ) -> dict[str, tuple[int, ...]]:
     template = ResNet26(arch, [d.num_classes for d in domains] or [2], union)
     shared, _ = split_state_dict(template.state_dict())
@@ -428,7 +429,7 @@ def _expected_shapes(
                 {
                     f"levels.{j}.{entry.index}.{n}": tuple(t.shape)
                     for n, t in named.items()
-                    if not n.startswith("head.")
+                    if level_heads or not n.startswith("head.")
                 }
             )
     return shapes
@@ -514,7 +515,12 @@ def load_artifact(path: Path) -> Artifact:
             "the one recorded in the weights file)"
         )
 
-    expected = _expected_shapes(arch, union, domains)
+    level_state = manifest.get("level_state", "shared")
+    if budgets is not None and level_state not in ("private", "shared"):
+        raise ArtifactError(
+            f"manifest: level_state must be 'private' or 'shared', got {level_state!r}"
+        )
+    expected = _expected_shapes(arch, union, domains, level_state == "private")
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:

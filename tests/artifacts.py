@@ -47,6 +47,13 @@ def randomise_batchnorm(model: ResNet26, seed: int) -> None:
             module.running_var.data = 1 + 0.5 * torch.rand(n, generator=generator)
 
 
+def randomise_heads(model: ResNet26, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for head in model.heads:
+        head.weight.data = 0.3 * torch.randn(head.weight.shape, generator=generator)
+        head.bias.data = 0.1 * torch.randn(head.bias.shape, generator=generator)
+
+
 def make_tiny_model(
     arch: ArchSpec | None = None,
     keep: float = 0.5,
@@ -136,10 +143,12 @@ def write_tiny_nested_artifact(
     budgets: tuple[float, ...] = NESTED_BUDGETS,
     seed: int = 0,
     arch: ArchSpec | None = None,
+    level_state: str = "private",
 ) -> Path:
     """A nested artifact as training exports it: every domain's levels from random scores
-    through ``nested_group_masks`` (so nested), each level with BatchNorm statistics of its own
-    (random, different per level) and the domain's one head."""
+    through ``nested_group_masks`` (so nested), each level with BatchNorm tensors of its own
+    (random, different per level) and, with private level state, its own head (else the
+    domain's one head)."""
     from multidomain.costs import linear_cost
     from training.nested import nested_group_masks
 
@@ -163,6 +172,8 @@ def write_tiny_nested_artifact(
     parts = []
     for j in range(len(budgets)):
         randomise_batchnorm(model, seed + 10 * j)  # each level its own statistics
+        if level_state == "private" and j:
+            randomise_heads(model, seed + 10 * j)
         parts.append(prune_to_compact(model, levels[0], levels[j]))
     domains = []
     for k, (name, labels) in enumerate(TINY_DOMAINS.items()):
@@ -196,13 +207,18 @@ def write_tiny_nested_artifact(
         "channel_group": 1,
         "budget": budgets[0],
         "budgets": list(budgets),
+        "level_state": level_state,
         "budget_metric": "params",
         "sharing": {"variant": "none", "weight": 0.0, "learnable_weight": False},
         "domains": domains,
     }
     level_tensors = [
         [
-            {n: t for n, t in named.items() if not n.startswith("head.")}
+            {
+                n: t
+                for n, t in named.items()
+                if level_state == "private" or not n.startswith("head.")
+            }
             for named in p.domain_tensors
         ]
         for p in parts[1:]

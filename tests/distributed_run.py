@@ -9,7 +9,8 @@ exactly what the whole batch computes (BatchNorm statistics and their gradients 
 N processes must reproduce one process up to the order of floating-point sums.
 
 ``--budgets 1.0 0.8 ...`` trains nested levels (``training.nested``) instead of one budget; the
-rank files then also hold every level's BatchNorm statistics (``level<j>.<name>``) and masks.
+rank files then also hold every level's state (``level<j>.<name>``: BN statistics, private
+affines and heads) and masks.
 
     python -m tests.distributed_run OUT [--pretrain-steps P] [--steps S] [--batch-size B]
         [--data synthetic|uniform] [--budgets B1 B2 ...]
@@ -73,7 +74,7 @@ def main() -> None:
     tensors = {f"model.{k}": v for k, v in trained.model.state_dict().items()}
     tensors.update({f"scores.{b}": s.detach() for b, s in enumerate(trained.switches.scores)})
     for j, level in enumerate(trained.levels):
-        tensors.update({f"level{j}.{name}": value for name, value in level.statistics.items()})
+        tensors.update({f"level{j}.{name}": value for name, value in level.state.items()})
     save_file(
         {k: v.contiguous() for k, v in tensors.items()},
         str(args.out / f"rank{runtime.rank}.safetensors"),

@@ -64,13 +64,14 @@ __all__ = [
 @dataclass
 class NestedLevel:
     """One level of a nested run (``training.nested``): its budget, its channel masks (per
-    block, bool ``[domains, channels]``), its BatchNorm running statistics (state-dict names)
-    and what it measured."""
+    block, bool ``[domains, channels]``), its state by state-dict name (BatchNorm running
+    statistics; with private level state also the BN affines and heads) and what it
+    measured."""
 
     budget: float
     masks: list[Tensor]
-    statistics: dict[str, Tensor]
-    shared_bn_test: dict[str, float]  # test accuracy with the largest level's statistics
+    state: dict[str, Tensor]
+    shared_bn_test: dict[str, float]  # test accuracy with the largest level's state
 
 
 @dataclass

@@ -16,10 +16,20 @@ from multidomain.groups import check_channel_group, resolve_channel_group
 from multidomain.latency import LatencyTable
 from training.sharing import SharingVariant, check_variant
 
-__all__ = ["BUDGET_METRICS", "BudgetConfig", "BudgetCosts", "BudgetMetric", "budget_costs"]
+__all__ = [
+    "BUDGET_METRICS",
+    "LEVEL_STATES",
+    "BudgetConfig",
+    "BudgetCosts",
+    "BudgetMetric",
+    "LevelState",
+    "budget_costs",
+]
 
 BudgetMetric = Literal["params", "macs", "both", "latency"]
 BUDGET_METRICS = ("params", "macs", "both", "latency")
+LevelState = Literal["private", "shared"]
+LEVEL_STATES = ("private", "shared")
 
 
 def _check_fraction(value: float, what: str) -> None:
@@ -53,6 +63,9 @@ class BudgetConfig:
     history_every: int = 0  # steps per training-history row (0: about 40 rows)
     # nested levels (``--budgets``), largest first; empty: one budget. ``budget`` is the largest
     levels: tuple[float, ...] = ()
+    # nested levels: each level trains its own BN affines and heads (private, switchable
+    # BatchNorm) or all levels share the largest level's (shared); BN statistics are per level
+    level_state: LevelState = "private"
 
     def __post_init__(self) -> None:
         if self.levels:
@@ -71,6 +84,10 @@ class BudgetConfig:
                 )
             object.__setattr__(self, "levels", levels)
             object.__setattr__(self, "budget", levels[0])
+        if self.level_state not in LEVEL_STATES:
+            raise ValueError(
+                f"unknown level state {self.level_state!r}; choose one of {', '.join(LEVEL_STATES)}"
+            )
         _check_fraction(self.budget, "budget")
         names = [name for name, _ in self.domain_budgets]
         for name, value in self.domain_budgets:

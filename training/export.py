@@ -35,7 +35,7 @@ from training.budget import NestedLevel, TrainedModel
 from training.common import command_line, console, evaluate
 from training.data import iterate_eval
 from training.errors import RunError
-from training.nested import level_statistics
+from training.nested import level_state
 from training.protocol import protocol_of
 from training.prune import CompactParts, prune_to_compact
 
@@ -282,6 +282,7 @@ def export_artifact(
         for entry, levels in zip(entries, level_entries, strict=True):
             entry["levels"] = levels
         manifest["budgets"] = [level.budget for level in trained.levels]
+        manifest["level_state"] = config.level_state
         manifest["levels"] = level_means
     write_artifact(target, manifest, parts.shared, parts.domain_tensors, level_tensors)
     largest = str(max(timing.batch_sizes))
@@ -327,7 +328,7 @@ def _level_accuracies(
     statistics). In a distributed run every rank evaluates its share: call it on every rank."""
     model, domains, runtime = trained.model, trained.domains, trained.runtime
     masks_for = _level_masks(trained, level)
-    with level_statistics(model, level):
+    with level_state(model, level):
         val = evaluate(model, domains, "val", masks_for, runtime=runtime)
         test = evaluate(model, domains, "test", masks_for, runtime=runtime)
     return val, test
@@ -342,23 +343,25 @@ def _nested_levels(
     """Every nested level of every domain: its manifest entry (channels into the compact union,
     costs checked against the level's budget, params, MACs, measured time, ``accuracies``
     (``_level_accuracies``, per level), compact logits against the masked model's), the
-    BatchNorm tensors of every level but the largest (whose are the domain's own), and each
+    BatchNorm tensors (and with private level state the heads) of every level but the largest
+    (whose are the domain's own), and each
     level's mean accuracy. Rank 0 only."""
     model, arch, domains = trained.model, trained.model.arch, trained.domains
     resolved = trained.costs
+    private = trained.config.level_state == "private"
     entries: list[list[dict[str, Any]]] = [[] for _ in domains]
     tensors: list[list[dict[str, Tensor]]] = []
     means = []
     for j, (level, (val, test)) in enumerate(zip(trained.levels, accuracies, strict=True)):
         masks_for = _level_masks(trained, level)
-        with level_statistics(model, level):
+        with level_state(model, level):
             own = prune_to_compact(model, trained.masks, level.masks)
             logit_diff = compact_logit_difference(trained, own, masks_for=masks_for)
         _, latency = measure_latency(trained, own, timing)
         if j > 0:
             tensors.append(
                 [
-                    {n: t for n, t in named.items() if not n.startswith("head.")}
+                    {n: t for n, t in named.items() if private or not n.startswith("head.")}
                     for named in own.domain_tensors
                 ]
             )

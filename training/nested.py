@@ -1,10 +1,10 @@
 """Nested budgets from one training run (``--budgets 1.0 0.75 0.5 0.25``).
 
-Every domain has one score per group of ``g`` mid channels. The mask of level ``b`` keeps the
-domain's groups in order of score, dropping the lowest-scoring ones until every capped cost is
-at or below ``b`` (``training.prune.project_to_budget``, never a block's last group). The drop
-order is the same for every level, so a lower level's kept set is contained in a higher
-level's: the masks are nested by construction.
+Every domain has one score per group of ``g`` mid channels. The mask of level ``b`` drops the
+domain's groups one at a time, the least score per unit of the binding cost first
+(``nested_group_masks``), until every capped cost is at or below ``b`` (never a block's last
+group). The drop order is the same for every level, so a lower level's kept set is contained in
+a higher level's: the masks are nested by construction.
 
 Training follows the sandwich rule of slimmable networks: each step runs every domain's batch
 through the largest, the smallest and one random middle level (the same for every domain and
@@ -12,14 +12,21 @@ rank), with the levels' budgets annealed from 1 like the single budget (``budget
 A level's mask is hard in the forward pass; its gradient reaches the scores through
 ``sigmoid(score - threshold)``, the threshold halfway between the highest dropped and the
 lowest kept score above it, so cross-entropy ranks the groups. The sharing loss acts on the
-largest level's masks, the only ones pruning depends on.
+largest level's masks, the only ones pruning depends on. Then, as after the single budget's
+projection, ``finetune_steps`` steps with every level's final masks fixed train the BN affines
+and heads only, every level at every step (``NestedStepNetwork.fixed_masks``).
 
-BatchNorm: the affines are shared by the levels; the running statistics are recalibrated per
-level after training (forward passes in train mode on training batches) and kept per level.
+Per-level state (``BudgetConfig.level_state``): with ``private`` (the default, the switchable
+BatchNorm of slimmable networks, extended to the heads) every level below the largest trains its
+own copy of each domain's BatchNorm affines and classifier head, initialised from the
+backbone's; with ``shared`` all levels train the largest level's. The running statistics are
+recalibrated per level after training (forward passes in train mode on training batches) and
+kept per level either way.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -28,6 +35,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from multidomain.costs import DomainCost
 from multidomain.groups import expand_groups
@@ -41,16 +49,15 @@ from training.budget import (
 )
 from training.budget_config import BudgetConfig
 from training.common import evaluate, recalibrate_batchnorm, seed_everything
-from training.data import DomainData
+from training.data import DomainData, TrainBatches
 from training.loop import ExtraLoss, train_steps
-from training.prune import project_to_budget
 from training.runtime import Runtime
 from training.sharing import sharing_loss
 
 __all__ = [
     "NestedLevel",
     "NestedStepNetwork",
-    "level_statistics",
+    "level_state",
     "nested_group_masks",
     "sandwich_levels",
     "train_nested",
@@ -60,14 +67,46 @@ __all__ = [
 def nested_group_masks(
     scores: Sequence[Tensor], costs: Sequence[DomainCost], budgets: Sequence[float], group: int
 ) -> list[list[Tensor]]:
-    """One domain's group masks (per block, bool) for every budget, largest budget first: each
-    level drops the lowest-scoring groups of the level above until it fits its budget."""
+    """One domain's group masks (per block, bool) for every budget, largest budget first.
+
+    From the full mask, groups are dropped one at a time in one order, and level ``b`` is the
+    first mask whose every cost is at or below ``b``, so the levels are nested. The order is
+    cost-aware: each drop takes the group with the lowest ``score - log(saving)``, ``saving``
+    being what dropping a group of its block saves of the cost now highest (the one that binds
+    every remaining level), i.e. the least score per unit of binding cost; never a block's last
+    group. Within a block the order is by score."""
     masks = [torch.ones(s.numel(), dtype=torch.bool) for s in scores]
-    levels = []
-    for budget in sorted(budgets, reverse=True):
-        masks, _ = project_to_budget(scores, masks, costs, budget, group)
-        levels.append(masks)
-    return levels
+    values = [s.detach().double().cpu() for s in scores]
+    pending = sorted(budgets, reverse=True)
+    levels: list[list[Tensor]] = []
+    while True:
+        channels = [group * float(m.sum()) for m in masks]
+        fractions = [cost.fraction(channels) for cost in costs]
+        while pending and max(fractions) <= pending[0] + 1e-12:
+            levels.append([m.clone() for m in masks])
+            pending.pop(0)
+        if not pending:
+            return levels
+        binding = costs[max(range(len(costs)), key=fractions.__getitem__)]
+        best: tuple[float, int, int] | None = None
+        for b, (mask, value) in enumerate(zip(masks, values, strict=True)):
+            if int(mask.sum()) <= 1:
+                continue
+            fewer = list(channels)
+            fewer[b] -= group
+            saving = max(binding.fraction(channels) - binding.fraction(fewer), 1e-12)
+            kept = torch.nonzero(mask).flatten()
+            index = int(kept[int(value[kept].argmin())])
+            key = float(value[index]) - math.log(saving)
+            if best is None or key < best[0]:
+                best = (key, b, index)
+        if best is None:
+            lowest = max(cost.floor(group) for cost in costs)
+            raise ValueError(
+                f"budget {pending[0]} is below the least a domain can cost with channel groups "
+                f"of {group} ({lowest:.4f})"
+            )
+        masks[best[1]][best[2]] = False
 
 
 def _straight_through(scores: Tensor, mask: Tensor) -> Tensor:
@@ -93,25 +132,58 @@ def sandwich_levels(count: int, rng: random.Random) -> list[int]:
     return chosen
 
 
+def domain_parameter_names(model: ResNet26) -> list[str]:
+    """The state-dict names of every domain's BatchNorm affines and head."""
+    own = {id(p) for p in model.domain_parameters()}
+    return [name for name, p in model.named_parameters() if id(p) in own]
+
+
 class NestedStepNetwork(nn.Module):
     """What a nested training step runs: a domain's batch through each of the step's levels,
     logits stacked ``[levels, N, classes]``. ``switches`` are a submodule (their scores are
-    trained); ``step_levels`` and ``step_budgets`` are set before each step."""
+    trained); with ``private`` levels, ``level_parameters[j - 1]`` holds level ``j``'s own BN
+    affines and heads (``domain_parameter_names`` order). ``step_levels`` (level indices) and
+    ``step_budgets`` are set before each step."""
 
     def __init__(
         self,
         model: ResNet26,
         switches: ChannelSwitches,
         costs: Sequence[DomainCost],
+        levels: int = 1,
+        private: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.switches = switches
         self.costs = tuple(costs)
+        self.parameter_names = domain_parameter_names(model)
+        own = dict(model.named_parameters())
+        self.level_parameters = nn.ModuleList(
+            nn.ParameterList(
+                nn.Parameter(own[name].detach().clone()) for name in self.parameter_names
+            )
+            for _ in range(levels - 1 if private else 0)
+        )
+        self.step_levels: list[int] = []
         self.step_budgets: list[float] = []
+        #: when set, ``fixed_masks[j][k]``: level ``j``'s final per-channel masks of domain ``k``
+        #: (per block), used instead of the scores' (which then train no more)
+        self.fixed_masks: list[list[list[Tensor]]] | None = None
+
+    def level_tensors(self, level: int) -> dict[str, Tensor]:
+        """Level ``level``'s own BN affines and heads by state-dict name (empty: the model's)."""
+        if level == 0 or not self.level_parameters:
+            return {}
+        own = self.level_parameters[level - 1]
+        assert isinstance(own, nn.ParameterList)
+        return dict(zip(self.parameter_names, own, strict=True))
 
     def level_masks(self, domain: int) -> list[list[Tensor]]:
-        """Straight-through per-channel masks of ``domain`` at each of the step's budgets."""
+        """Straight-through per-channel masks of ``domain`` at each of the step's budgets (the
+        fixed masks of the step's levels, when set)."""
+        if self.fixed_masks is not None:
+            return [self.fixed_masks[j][domain] for j in self.step_levels]
         scores = [s[domain] for s in self.switches.scores]
         hard = nested_group_masks(
             [s.detach().cpu() for s in scores], self.costs, self.step_budgets, self.switches.group
@@ -125,7 +197,14 @@ class NestedStepNetwork(nn.Module):
         ]
 
     def forward(self, images: Tensor, domain: int) -> Tensor:
-        return torch.stack([self.model(images, domain, m) for m in self.level_masks(domain)])
+        logits = []
+        for level, masks in zip(self.step_levels, self.level_masks(domain), strict=True):
+            own = self.level_tensors(level)
+            if own:
+                logits.append(functional_call(self.model, own, (images, domain, masks)))
+            else:
+                logits.append(self.model(images, domain, masks))
+        return torch.stack(logits)
 
 
 def _statistic_names(model: ResNet26) -> list[str]:
@@ -134,18 +213,60 @@ def _statistic_names(model: ResNet26) -> list[str]:
     ]
 
 
+@torch.no_grad()
+def _load_state(model: ResNet26, state: dict[str, Tensor]) -> None:
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    for name, value in state.items():
+        tensors[name].copy_(value)
+
+
 @contextmanager
-def level_statistics(model: ResNet26, level: NestedLevel) -> Iterator[None]:
-    """The model with ``level``'s BatchNorm statistics, the previous ones restored after."""
-    buffers = dict(model.named_buffers())
-    saved = {name: buffers[name].clone() for name in level.statistics}
+def level_state(model: ResNet26, level: NestedLevel) -> Iterator[None]:
+    """The model with ``level``'s state (BN statistics; affines and heads if private), the
+    previous state restored after."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    saved = {name: tensors[name].detach().clone() for name in level.state}
     try:
-        for name, value in level.statistics.items():
-            buffers[name].copy_(value)
+        _load_state(model, level.state)
         yield
     finally:
-        for name, value in saved.items():
-            buffers[name].copy_(value)
+        _load_state(model, saved)
+
+
+def _finetune_levels(
+    step_network: NestedStepNetwork,
+    network: nn.Module,
+    level_masks: Sequence[Sequence[Tensor]],
+    domains: Sequence[DomainData],
+    config: BudgetConfig,
+    runtime: Runtime,
+) -> list[dict[str, float]]:
+    """``config.finetune_steps`` steps of every level under its final masks (``level_masks[j]``,
+    per block ``[domains, channels]``), training BN affines and heads only."""
+    if config.finetune_steps == 0:
+        return []
+    step_network.fixed_masks = [
+        [[m[k].float().to(runtime.device) for m in masks] for k in range(len(domains))]
+        for masks in level_masks
+    ]
+    step_network.step_levels = list(range(len(level_masks)))
+    own = [*step_network.model.domain_parameters(), *step_network.level_parameters.parameters()]
+    optimizer = torch.optim.Adam(own, lr=config.lr_domain)
+    seeds = {k: config.seed + 99 + k for k in range(len(domains))}
+    try:
+        with TrainBatches(
+            dict(enumerate(domains)), config.batch_size, seeds, **runtime.loader_options()
+        ) as batches:
+            return train_steps(
+                network,
+                batches,
+                optimizer,
+                config.finetune_steps,
+                "fine-tune every level",
+                runtime=runtime,
+            )
+    finally:
+        step_network.fixed_masks = None
 
 
 def train_nested(
@@ -167,13 +288,17 @@ def train_nested(
     resolved, share_weights = setup.resolved, setup.share_weights
     costs, group = resolved.costs, resolved.group
     budgets = list(config.levels)
+    private = config.level_state == "private"
+    step_network = NestedStepNetwork(model, switches, costs, len(budgets), private)
+    step_network.to(runtime.device)
+    groups[1]["params"] = [*groups[1]["params"], *step_network.level_parameters.parameters()]
     optimizer = torch.optim.Adam(groups)
-    step_network = NestedStepNetwork(model, switches, costs)
     network = runtime.wrap(step_network)
     rng = random.Random(config.seed)
 
     def plan(step: int) -> None:
         chosen = sandwich_levels(len(budgets), rng)
+        step_network.step_levels = chosen
         step_network.step_budgets = [budget_target(config, step, budgets[j]) for j in chosen]
 
     def sharing(step: int) -> ExtraLoss:
@@ -217,7 +342,9 @@ def train_nested(
         ]
         for j in range(len(budgets))
     ]
+    _finetune_levels(step_network, network, level_masks, domains, config, runtime)
     names = set(_statistic_names(model))
+    own_names = set(step_network.parameter_names) if private else set()
     levels: list[NestedLevel] = []
     for j, budget in enumerate(budgets):
         masks = level_masks[j]
@@ -225,14 +352,17 @@ def train_nested(
         def masks_for(k: int, masks: list[Tensor] = masks) -> list[Tensor]:
             return [m[k].float().to(runtime.device) for m in masks]
 
+        # measured with the largest level's state first (``test_accuracy_shared_bn``)
         shared_bn = {} if j == 0 else evaluate(model, domains, "test", masks_for, runtime=runtime)
+        _load_state(model, {n: t.detach() for n, t in step_network.level_tensors(j).items()})
         recalibrate_batchnorm(model, domains, masks_for, runtime=runtime)
-        statistics = {n: b.detach().clone() for n, b in model.named_buffers() if n in names}
-        levels.append(NestedLevel(budget, masks, statistics, shared_bn))
-        # back to the largest level's statistics: the next level is measured with them first
-        buffers = dict(model.named_buffers())
-        for name, value in levels[0].statistics.items():
-            buffers[name].copy_(value)
+        state = {
+            n: t.detach().clone()
+            for n, t in [*model.named_buffers(), *model.named_parameters()]
+            if n in names or n in own_names
+        }
+        levels.append(NestedLevel(budget, masks, state, shared_bn))
+        _load_state(model, levels[0].state)  # back to the largest level's
     top_group = [per_domain[k][0] for k in range(len(domains))]
     trained = TrainedModel(
         model,

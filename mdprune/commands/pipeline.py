@@ -32,6 +32,7 @@ from mdprune.commands.train import (
     LatencyBatchOpt,
     LatencyTableOpt,
     LearnableOpt,
+    LevelStateOpt,
     LrDomainOpt,
     LrScoresOpt,
     LrSharedOpt,
@@ -69,6 +70,7 @@ def pipeline(
     pretrain_domains: PretrainDomainsOpt = None,
     budget: BudgetOpt = ["0.5"],  # noqa: B006
     budgets: NestedOpt = None,
+    level_state: LevelStateOpt = "private",
     budget_metric: MetricOpt = "both",
     channel_group: GroupOpt = "auto",
     latency_table: LatencyTableOpt = None,

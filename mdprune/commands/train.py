@@ -117,6 +117,14 @@ NestedOpt = Annotated[
         "level, each within the next larger; one artifact serves them all. Replaces --budget.",
     ),
 ]
+LevelStateOpt = Annotated[
+    str,
+    typer.Option(
+        help="With --budgets: 'private' (default) gives every level its own BatchNorm affines "
+        "and classifier heads, trained with it (switchable BatchNorm); 'shared' makes the "
+        "levels share the largest level's. BatchNorm statistics are per level either way.",
+    ),
+]
 MetricOpt = Annotated[
     str,
     typer.Option(
@@ -287,6 +295,7 @@ def train(
     domains: DomainsOpt = ["embedded"],  # noqa: B006
     budget: BudgetOpt = ["0.5"],  # noqa: B006
     budgets: NestedOpt = None,
+    level_state: LevelStateOpt = "private",
     budget_metric: MetricOpt = "both",
     channel_group: GroupOpt = "auto",
     latency_table: LatencyTableOpt = None,

@@ -148,8 +148,8 @@ def test_two_ranks_train_nested_levels_as_one_process(tmp_path: Path) -> None:
     assert {name.split(".")[0] for name in statistics if name.startswith("level")} == {
         f"level{j}" for j in range(len(budgets))
     }
-    for a, b in zip(one["history"], two["history"], strict=True):
-        assert a == pytest.approx(b, rel=1e-5)
+    for a, b in zip(one["history"], two["history"], strict=True):  # ce falls to ~1e-3 here
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
 
 
 def test_two_ranks_stay_close_to_one_process_on_real_images(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def probabilities(body: dict[str, object], classes: int) -> torch.Tensor:
     return got
 
 
-def test_the_artifact_verifies_nesting_and_keeps_one_head(nested_store: Path) -> None:
+def test_the_artifact_verifies_nesting_and_keeps_a_head_per_level(nested_store: Path) -> None:
     artifact = load_artifact(nested_store / "nested" / "v1")
     assert artifact.budgets == list(NESTED_BUDGETS)
     for entry in artifact.domains:
@@ -56,6 +56,16 @@ def test_the_artifact_verifies_nesting_and_keeps_one_head(nested_store: Path) ->
             for mine, theirs in zip(lower.channels, upper.channels, strict=True):
                 assert set(mine) <= set(theirs)
             assert sum(lower.mid_channels) < sum(upper.mid_channels)
+    # private level state: every lower level holds its own head, which serving uses
+    assert all("head.weight" in d for lvl in artifact.level_tensors for d in lvl)
+    for j in range(1, len(NESTED_BUDGETS)):
+        own = artifact.level_domain_tensors("digits", j)["head.weight"]
+        assert not torch.equal(own, artifact.domain_tensors[0]["head.weight"])
+
+
+def test_a_shared_state_artifact_keeps_one_head(tmp_path: Path) -> None:
+    write_tiny_nested_artifact(tmp_path, level_state="shared")
+    artifact = load_artifact(tmp_path / "nested" / "v1")
     assert not any(
         n.endswith("head.weight") for lvl in artifact.level_tensors for d in lvl for n in d
     )
