@@ -48,6 +48,7 @@ import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ from reporting.render import (
 from reporting.scores import score_runs
 from reporting.seeds import findings, headline, settings_of
 from training.budget import BudgetConfig, train_budget_aware
+from training.budget_config import LEVEL_STATES
 from training.data import DomainData, load_domains
 from training.errors import TrainingError
 from training.export import export_artifact
@@ -97,7 +99,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Also train, per protocol, seed and sharing variant, one nested run whose levels "
         "are the --budgets (compared with the runs trained at each budget alone).",
     )
+    parser.add_argument(
+        "--level-state",
+        choices=LEVEL_STATES,
+        default=BudgetConfig().level_state,
+        help="With --nested: each level trains its own BatchNorm affines and heads (private) or "
+        "shares the largest level's (shared).",
+    )
     parser.add_argument("--steps", type=int, default=BudgetConfig().steps)
+    parser.add_argument(
+        "--nested-steps",
+        type=int,
+        default=None,
+        help="With --nested: the nested runs' training steps (default: --steps). Each nested "
+        "step trains three levels; the runs trained alone keep --steps.",
+    )
     parser.add_argument("--reference-steps", type=int, default=300)
     parser.add_argument("--pretrain-steps", type=int, default=PretrainConfig().steps)
     parser.add_argument("--width", type=float, default=ArchSpec().width_mult)
@@ -138,6 +154,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for budget in args.budgets:
         if not 0 < budget <= 1:
             parser.error(f"every budget must be in (0, 1], got {budget}")
+    if args.nested_steps is not None and args.nested_steps < 1:
+        parser.error(f"--nested-steps must be >= 1, got {args.nested_steps}")
     if args.nested and len(set(args.budgets)) < 2:
         parser.error("--nested needs at least two different --budgets (its levels)")
     if args.nested and len(set(args.budgets)) != len(args.budgets):
@@ -230,10 +248,14 @@ def run_config(args: argparse.Namespace, seed: int, sharing: str, **target: Any)
     )
 
 
-def nested_key(seed: int, levels: Sequence[float], sharing: str) -> str:
-    """A nested run's key: its levels are part of it, so that a grid of other budgets in the
-    same scratch folder trains its own nested run."""
-    return f"s{seed}-nested-{'_'.join(f'{b:g}' for b in levels)}-{sharing}"
+def nested_key(
+    seed: int, levels: Sequence[float], sharing: str, level_state: str, steps: int | None = None
+) -> str:
+    """A nested run's key: its levels, level state and own steps (when not the grid's) are part
+    of it, so that a grid of other budgets, level states or steps in the same scratch folder
+    trains its own nested run."""
+    key = f"s{seed}-nested-{'_'.join(f'{b:g}' for b in levels)}-{sharing}-{level_state}"
+    return key if steps is None else f"{key}-{steps}steps"
 
 
 def nested_run(
@@ -245,8 +267,13 @@ def nested_run(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """One run trained for every budget of ``--budgets`` at once (``training.nested``)."""
-    config = run_config(args, seed, sharing, levels=tuple(args.budgets))
-    key = nested_key(seed, config.levels, sharing)
+    own_steps = None if args.nested_steps in (None, args.steps) else args.nested_steps
+    config = run_config(
+        args, seed, sharing, levels=tuple(args.budgets), level_state=args.level_state
+    )
+    if own_steps is not None:
+        config = replace(config, steps=own_steps)
+    key = nested_key(seed, config.levels, sharing, config.level_state, own_steps)
     return trained_run(scratch, protocol, key, config, domains)
 
 
@@ -288,6 +315,7 @@ def trained_run(
     }
     if config.levels:
         row["nested"] = True
+        row["level_state"] = config.level_state
         row["levels"] = [
             {
                 "budget": level["budget"],

@@ -83,6 +83,9 @@ class Run:
     note: str | None = None  # where its data came from, when not from its artifact folder
     #: a nested artifact's levels, largest budget first (empty: a run of one budget)
     levels: list[Level] = field(default_factory=list)
+    #: a nested run's per-level state: private (own BN affines and heads per level) or shared
+    level_state: str | None = None
+    steps: int | None = None  # a nested run's training steps (its levels are compared by them)
     protocol: str | None = None  # a grid's protocol (same-domain, held-out)
     seed: int | None = None  # a grid's training seed
     counted: Counted | None = None  # the weights counted (every ratio comes from here)
@@ -196,8 +199,20 @@ def run_from_manifest(
         },
         time_batch=batch,
         levels=_manifest_levels(manifest, names, domains),
+        level_state=_level_state(manifest) if manifest.get("levels") else None,
+        steps=_steps(manifest) if manifest.get("levels") else None,
         counted=counted,
     )
+
+
+def _steps(manifest: Mapping[str, Any]) -> int | None:
+    steps = as_mapping(as_mapping(manifest.get("training")).get("config")).get("steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def _level_state(record: Mapping[str, Any]) -> str:
+    """A nested run's level state; nested artifacts made before it was recorded shared theirs."""
+    return str(record.get("level_state", "shared"))
 
 
 def _manifest_levels(
@@ -261,6 +276,8 @@ def run_from_grid_row(row: Mapping[str, Any], source: str) -> Run:
         macs_fraction={n: None for n in names},
         wall_time_s=_number(row.get("wall_time_s")),
         levels=levels_of(row.get("levels")),
+        level_state=_level_state(as_mapping(row.get("manifest"))) if row.get("levels") else None,
+        steps=_steps(as_mapping(row.get("manifest"))) if row.get("levels") else None,
     )
 
 

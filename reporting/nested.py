@@ -67,6 +67,8 @@ def nested_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
                     "seed": run.seed,
                     "sharing": run.sharing,
                     "budget_metric": run.budget_metric,
+                    "level_state": run.level_state,
+                    "steps": run.steps,
                     "budget": level.budget,
                     "nested_mean_test_accuracy": nested,
                     "nested_test_accuracy": level.test_accuracy,
@@ -83,17 +85,32 @@ def _as_json(values: Sequence[float | None], scale: float = 1.0) -> dict[str, An
 
 
 def nested_levels(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``nested_rows`` over seeds: per protocol, sharing variant, budget metric and level, the
-    nested and alone mean test accuracy, the per-seed difference in points (mean, std, count)
-    and whether its mean is within ``TOLERANCE_POINTS`` (``None``: nothing to compare)."""
+    """``nested_rows`` over seeds: per protocol, sharing variant, budget metric, level state,
+    steps and level, the nested and alone mean test accuracy, the per-seed difference in points
+    (mean, std, count) and whether its mean is within ``TOLERANCE_POINTS`` (``None``: nothing
+    to compare)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for row in rows:
-        key = (row["protocol"], row["sharing"], row["budget_metric"], _budget(row["budget"]))
+        key = (
+            row["protocol"],
+            row["sharing"],
+            row["budget_metric"],
+            row.get("level_state"),
+            row.get("steps"),
+            _budget(row["budget"]),
+        )
         groups.setdefault(key, []).append(row)
     levels = []
-    for (protocol, sharing, metric, budget), group in sorted(
+    for (protocol, sharing, metric, state, steps, budget), group in sorted(
         groups.items(),
-        key=lambda item: (item[0][0] or "", sharing_key(item[0][1]), item[0][2] or "", -item[0][3]),
+        key=lambda item: (
+            item[0][0] or "",
+            sharing_key(item[0][1]),
+            item[0][2] or "",
+            item[0][3] or "",
+            item[0][4] or 0,
+            -item[0][5],
+        ),
     ):
         paired = [r for r in group if r["difference"] is not None]
         difference = _as_json([r["difference"] for r in paired], 100.0)
@@ -102,6 +119,8 @@ def nested_levels(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "protocol": protocol,
                 "sharing": sharing,
                 "budget_metric": metric,
+                "level_state": state,
+                "steps": steps,
                 "budget": budget,
                 "seeds": [r["seed"] for r in group],
                 "compared_seeds": [r["seed"] for r in paired],

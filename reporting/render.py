@@ -260,10 +260,12 @@ NESTED_LEGEND = (
     "of the same protocol, seed, sharing variant and budget metric: mean test accuracy mean ± "
     "std over seeds (alone: over the seeds that have both), the difference in points as mean ± "
     f"std of the per-seed differences, and whether its mean is within {TOLERANCE_POINTS:g} "
-    "points (the target). Sizes: every tensor of the weights files, counted from their "
-    "shapes at 4 bytes a value; the nested artifact against the artifacts trained alone at its "
-    "levels' budgets (same protocol, seed, sharing) summed. Nested runs are not part of the "
-    "settings above."
+    "points (the target). Level state: `private` levels train their own BatchNorm affines and "
+    "heads, `shared` levels share the largest level's; nested steps: the nested run's (the runs "
+    "trained alone have the grid's). Sizes: every tensor of the weights "
+    "files, counted from their shapes at 4 bytes a value; the nested artifact against the "
+    "artifacts trained alone at its levels' budgets (same protocol, seed, sharing) summed. "
+    "Nested runs are not part of the settings above."
 )
 
 
@@ -282,16 +284,19 @@ def render_nested(
         "",
         NESTED_LEGEND,
         "",
-        "| protocol | sharing | metric | level budget | seeds | nested mean acc | alone mean acc "
-        f"| nested - alone (points) | within {TOLERANCE_POINTS:g} points |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| protocol | sharing | metric | level state | nested steps | level budget | seeds "
+        f"| nested mean acc | alone mean acc | nested - alone (points) | within "
+        f"{TOLERANCE_POINTS:g} points |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for level in levels:
         seeds = ",".join("?" if s is None else str(s) for s in level["seeds"])
         within = level["within_tolerance"]
         lines.append(
             f"| {level['protocol'] or '–'} | {level['sharing']} | {level['budget_metric'] or '–'} "
-            f"| {level['budget']:g} | {seeds} | {_cell(level['nested_mean_test_accuracy'], 4)} "
+            f"| {level.get('level_state') or '–'} | {level.get('steps') or '–'} "
+            f"| {level['budget']:g} | {seeds} "
+            f"| {_cell(level['nested_mean_test_accuracy'], 4)} "
             f"| {_cell(level['alone_mean_test_accuracy'], 4)} "
             f"| {_cell(level['difference_points'], 2, sign='+')} "
             f"| {'–' if within is None else ('yes' if within else '**no**')} |"

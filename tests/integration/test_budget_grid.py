@@ -135,7 +135,7 @@ def test_grid_nested_runs_next_to_runs_trained_alone(tmp_path: Path) -> None:
         assert sum(map(len, low)) < sum(map(len, top))
     markdown = (tmp_path / "results" / "grid.md").read_text()
     assert "## Nested levels vs trained alone" in markdown
-    assert "| held-out | union | both | 0.75 | 0 |" in markdown
+    assert "| held-out | union | both | private | 3 | 0.75 | 0 |" in markdown
     assert "0.75: `grid/s0-b0.75-union`" in markdown  # the run it replaces, for the size
 
     # a second invocation reuses every run: nothing is trained or exported again
@@ -160,3 +160,11 @@ def test_grid_nested_runs_next_to_runs_trained_alone(tmp_path: Path) -> None:
     assert report["plots"]["nested_accuracy_vs_budget"] == "nested_accuracy_vs_budget.png"
     assert (tmp_path / "report" / "nested_accuracy_vs_budget.png").stat().st_size > 1000
     assert "## Nested levels vs trained alone" in (tmp_path / "report" / "report.md").read_text()
+
+    # a nested run of its own steps and level state is another run; the alone runs are reused
+    other = nested_grid(tmp_path, "1.0", "0.75", "--nested-steps", "2", "--level-state", "shared")
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert other.stdout.count("done before, reused") == 2
+    assert (weights / "s0-nested-1_0.75-union-shared-2steps" / "weights.safetensors").is_file()
+    markdown = (tmp_path / "results" / "grid.md").read_text()
+    assert "| held-out | union | both | shared | 2 | 0.75 | 0 |" in markdown

@@ -509,11 +509,21 @@ def test_nested_levels_are_plotted_next_to_models_trained_alone(
     assert plain["nested"] == [] and "nested_accuracy_vs_budget" not in plain["plots"]
 
 
-def nested_manifest(version: str, sharing: str, levels: dict[float, tuple[float, float, float]]):
+def nested_manifest(
+    version: str,
+    sharing: str,
+    levels: dict[float, tuple[float, float, float]],
+    level_state: str | None = None,
+    steps: int = 300,
+):
     """A nested manifest (levels largest first) whose largest level is ``fake_manifest``'s at
-    budget 1.0, each level's mean and per-domain test accuracy recorded as the exporter does."""
+    budget 1.0, each level's mean and per-domain test accuracy recorded as the exporter does
+    (``level_state`` None: made before the exporter recorded it)."""
     budgets = sorted(levels, reverse=True)
     manifest = fake_manifest(version, budgets[0], sharing, levels[budgets[0]])
+    manifest["training"]["config"] = {"steps": steps}
+    if level_state is not None:
+        manifest["level_state"] = level_state
     manifest["budgets"] = budgets
     manifest["levels"] = [{"budget": b, "mean_test_accuracy": sum(levels[b]) / 3} for b in budgets]
     for k, domain in enumerate(manifest["domains"]):
@@ -562,6 +572,15 @@ def test_grid_nested_levels_compare_same_protocol_seed_and_sharing(tmp_path: Pat
         fake_manifest("s1-b1-union", 1.0, "union", (0.88, 0.8, 0.7)),
         fake_manifest("s1-b05-union", 0.5, "union", (0.78, 0.7, 0.6)),
         nested_manifest("s1-nested-union", "union", {1.0: (0.88, 0.8, 0.7), 0.5: (0.7, 0.6, 0.5)}),
+        # private level state, more steps: compared with the same alone runs, never averaged
+        # with the shared runs above
+        nested_manifest(
+            "s0-nested-union-private",
+            "union",
+            {1.0: (0.9, 0.8, 0.7), 0.5: (0.8, 0.7, 0.6)},
+            level_state="private",
+            steps=900,
+        ),
     ]
     rows = [grid_row(m, "held-out", int(m["version"][1])) for m in held]
     # the other protocol's run at 0.5 (seed 0, union) is better still: not compared either
@@ -573,7 +592,9 @@ def test_grid_nested_levels_compare_same_protocol_seed_and_sharing(tmp_path: Pat
     out = tmp_path / "report"
     report = build_report([grid_file], out)
 
-    by_level = {(r["seed"], r["budget"]): r for r in report["nested"]}
+    by_level = {
+        (r["seed"], r["budget"]): r for r in report["nested"] if r["level_state"] == "shared"
+    }
     assert set(by_level) == {(0, 1.0), (0, 0.5), (1, 1.0), (1, 0.5)}
     assert by_level[(0, 0.5)]["alone_runs"] == ["fake/s0-b05-union"]
     assert by_level[(0, 0.5)]["alone_mean_test_accuracy"] == pytest.approx(0.7)
@@ -586,7 +607,7 @@ def test_grid_nested_levels_compare_same_protocol_seed_and_sharing(tmp_path: Pat
     }
 
     # over seeds: mean ± std of the nested, the alone and the per-seed differences (points)
-    levels = {r["budget"]: r for r in report["nested_levels"]}
+    levels = {r["budget"]: r for r in report["nested_levels"] if r["level_state"] == "shared"}
     low = levels[0.5]
     assert (low["protocol"], low["sharing"], low["seeds"]) == ("held-out", "union", [0, 1])
     differences = [100 * (0.71 - 0.7), 100 * (0.6 - 2.08 / 3)]
@@ -596,6 +617,11 @@ def test_grid_nested_levels_compare_same_protocol_seed_and_sharing(tmp_path: Pat
     assert low["alone_mean_test_accuracy"]["mean"] == pytest.approx((0.7 + 2.08 / 3) / 2)
     assert low["within_tolerance"] is False
     assert levels[1.0]["within_tolerance"] is True
+    (private,) = [
+        r for r in report["nested_levels"] if r["level_state"] == "private" and r["budget"] == 0.5
+    ]
+    assert (private["steps"], private["seeds"]) == (900, [0])
+    assert private["difference_points"]["mean"] == pytest.approx(100 * (0.7 - 0.7))
 
     # nested runs are not averaged into the one-budget settings
     settings = {(s["protocol"], s["budget"], s["sharing"]): s for s in report["settings"]}
@@ -617,7 +643,9 @@ def test_grid_nested_levels_compare_same_protocol_seed_and_sharing(tmp_path: Pat
     assert_png(out / "nested_accuracy_vs_budget.png")
     markdown = (out / "report.md").read_text()
     assert "## Nested levels vs trained alone" in markdown
-    assert "| held-out | union | both | 0.5 | 0,1 |" in markdown and "**no**" in markdown
+    assert "| held-out | union | both | shared | 300 | 0.5 | 0,1 |" in markdown
+    assert "| held-out | union | both | private | 900 | 0.5 | 0 |" in markdown
+    assert "**no**" in markdown
     assert "| nested 1, 0.5 |" in markdown
 
 
