@@ -152,14 +152,17 @@ _VALUE_FIELDS = (
 
 def _lost(previous: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Counter[str]:
     """What the previous report showed of the same runs that ``rows`` would not."""
+    # a run is its label, protocol and seed: grids of two protocols both hold a
+    # ``grid/s0-b1-union``, read from a manifest or from a grid row alike
     old_rows = {
-        f"{r.get('model_name')}/{r.get('version')}": r
+        (f"{r.get('model_name')}/{r.get('version')}", r.get("protocol"), r.get("seed")): r
         for r in previous.get("rows", [])
         if isinstance(r, Mapping)
     }
     lost: Counter[str] = Counter()
     for row in rows:
-        old = old_rows.get(f"{row['model_name']}/{row['version']}")
+        label = f"{row['model_name']}/{row['version']}"
+        old = old_rows.get((label, row.get("protocol"), row.get("seed")))
         if old is None:
             continue
         if old.get("channel_usage_plot") and not row["channel_usage_plot"]:
