@@ -417,7 +417,14 @@ def main() -> None:
     ld.add_argument("--duration", type=float, default=20.0)
     ld.add_argument("--rounds", type=int, default=2)
     ld.add_argument("--deadline", type=float, default=1.0)
-    ld.add_argument("--queue-size", type=int, default=32)
+    ld.add_argument(
+        "--queue-size",
+        type=int,
+        default=128,
+        help="MDP_QUEUE_SIZE of both servers. It must hold --high x --deadline of the largest "
+        "level's work (about 100 images here), else the queue sheds before the queue delay can "
+        "reach the degradation threshold",
+    )
     ld.add_argument("--max-batch-size", type=int, default=8)
     ld.add_argument("--capacity-requests", type=int, default=600)
     ld.add_argument("--high", type=float, default=0.2)

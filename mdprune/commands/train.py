@@ -114,7 +114,9 @@ NestedOpt = Annotated[
         "--budgets",
         help="Nested budget levels from one training run, each in (0, 1] (--budgets 1.0 0.75 "
         "0.5 0.25, or repeated --budgets 1.0 --budgets 0.5): every domain gets a mask per "
-        "level, each within the next larger; one artifact serves them all. Replaces --budget.",
+        "level, each within the next larger; one artifact serves them all. Replaces --budget. "
+        "Each step trains three levels: give four levels about three times the steps of one "
+        "budget (--steps 900) to come near runs trained alone at each budget.",
     ),
 ]
 LevelStateOpt = Annotated[
