@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -48,12 +48,14 @@ from multidomain.network import ResNet26, split_state_dict
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "LEVEL_STATES",
     "MANIFEST_FILE",
     "WEIGHTS_FILE",
     "Artifact",
     "ArtifactError",
     "DomainEntry",
     "LevelEntry",
+    "LevelState",
     "check_name",
     "load_artifact",
     "manifest_digest",
@@ -67,6 +69,10 @@ FORMAT_NAME = "multidomain-pruning-artifact"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
+#: a nested artifact's ``level_state``: its lower levels hold their own heads (private) or share
+#: the domain's (shared, also an artifact that records none)
+LevelState = Literal["private", "shared"]
+LEVEL_STATES: tuple[LevelState, ...] = ("private", "shared")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _BN_LEAVES = ("weight", "bias", "running_mean", "running_var")
 
@@ -516,9 +522,9 @@ def load_artifact(path: Path) -> Artifact:
         )
 
     level_state = manifest.get("level_state", "shared")
-    if budgets is not None and level_state not in ("private", "shared"):
+    if budgets is not None and level_state not in LEVEL_STATES:
         raise ArtifactError(
-            f"manifest: level_state must be 'private' or 'shared', got {level_state!r}"
+            f"manifest: level_state must be one of {', '.join(LEVEL_STATES)}, got {level_state!r}"
         )
     expected = _expected_shapes(arch, union, domains, level_state == "private")
     missing = sorted(set(expected) - set(tensors))

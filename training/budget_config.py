@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from multidomain.arch import ArchSpec
+from multidomain.artifact import LEVEL_STATES, LevelState
 from multidomain.costs import CostMetric, DomainCost, linear_cost
 from multidomain.groups import check_channel_group, resolve_channel_group
 from multidomain.latency import LatencyTable
@@ -28,8 +29,6 @@ __all__ = [
 
 BudgetMetric = Literal["params", "macs", "both", "latency"]
 BUDGET_METRICS = ("params", "macs", "both", "latency")
-LevelState = Literal["private", "shared"]
-LEVEL_STATES = ("private", "shared")
 
 
 def _check_fraction(value: float, what: str) -> None:

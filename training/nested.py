@@ -51,6 +51,7 @@ from training.budget_config import BudgetConfig
 from training.common import evaluate, recalibrate_batchnorm, seed_everything
 from training.data import DomainData, TrainBatches
 from training.loop import ExtraLoss, train_steps
+from training.prune import below_floor
 from training.runtime import Runtime
 from training.sharing import sharing_loss
 
@@ -101,11 +102,7 @@ def nested_group_masks(
             if best is None or key < best[0]:
                 best = (key, b, index)
         if best is None:
-            lowest = max(cost.floor(group) for cost in costs)
-            raise ValueError(
-                f"budget {pending[0]} is below the least a domain can cost with channel groups "
-                f"of {group} ({lowest:.4f})"
-            )
+            raise below_floor(pending[0], costs, group)
         masks[best[1]][best[2]] = False
 
 
@@ -213,9 +210,14 @@ def _statistic_names(model: ResNet26) -> list[str]:
     ]
 
 
+def _state_tensors(model: ResNet26) -> dict[str, Tensor]:
+    """The model's parameters and buffers by state-dict name."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
 @torch.no_grad()
 def _load_state(model: ResNet26, state: dict[str, Tensor]) -> None:
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    tensors = _state_tensors(model)
     for name, value in state.items():
         tensors[name].copy_(value)
 
@@ -224,7 +226,7 @@ def _load_state(model: ResNet26, state: dict[str, Tensor]) -> None:
 def level_state(model: ResNet26, level: NestedLevel) -> Iterator[None]:
     """The model with ``level``'s state (BN statistics; affines and heads if private), the
     previous state restored after."""
-    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    tensors = _state_tensors(model)
     saved = {name: tensors[name].detach().clone() for name in level.state}
     try:
         _load_state(model, level.state)
@@ -240,11 +242,11 @@ def _finetune_levels(
     domains: Sequence[DomainData],
     config: BudgetConfig,
     runtime: Runtime,
-) -> list[dict[str, float]]:
+) -> None:
     """``config.finetune_steps`` steps of every level under its final masks (``level_masks[j]``,
     per block ``[domains, channels]``), training BN affines and heads only."""
     if config.finetune_steps == 0:
-        return []
+        return
     step_network.fixed_masks = [
         [[m[k].float().to(runtime.device) for m in masks] for k in range(len(domains))]
         for masks in level_masks
@@ -257,7 +259,7 @@ def _finetune_levels(
         with TrainBatches(
             dict(enumerate(domains)), config.batch_size, seeds, **runtime.loader_options()
         ) as batches:
-            return train_steps(
+            train_steps(
                 network,
                 batches,
                 optimizer,
@@ -358,7 +360,7 @@ def train_nested(
         recalibrate_batchnorm(model, domains, masks_for, runtime=runtime)
         state = {
             n: t.detach().clone()
-            for n, t in [*model.named_buffers(), *model.named_parameters()]
+            for n, t in _state_tensors(model).items()
             if n in names or n in own_names
         }
         levels.append(NestedLevel(budget, masks, state, shared_bn))

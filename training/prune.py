@@ -44,12 +44,18 @@ def project_to_budget(
             masks[block][index] = False
             removed += 1
     if over():
-        lowest = max(cost.floor(group) for cost in costs)
-        raise ValueError(
-            f"budget {budget} is below the least a domain can cost with channel groups of "
-            f"{group} ({lowest:.4f})"
-        )
+        raise below_floor(budget, costs, group)
     return masks, removed
+
+
+def below_floor(budget: float, costs: Sequence[DomainCost], group: int) -> ValueError:
+    """The error of a projection that cannot reach ``budget`` (``budget_costs`` refuses such
+    budgets up front with the user-facing message)."""
+    lowest = max(cost.floor(group) for cost in costs)
+    return ValueError(
+        f"budget {budget} is below the least a domain can cost with channel groups of "
+        f"{group} ({lowest:.4f})"
+    )
 
 
 @dataclass
